@@ -1,0 +1,283 @@
+//! `sluice.toml`: every setting, its default and what it is for. CLI flags override the file.
+//!
+//! Unknown keys are an error (a typo must not silently fall back to a default). Durations are
+//! written like `30s`, `500ms`, `5m`; sizes like `64MiB`, `1GB`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Deserializer};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listeners and HTTP limits.
+    pub server: ServerConfig,
+    /// The DuckDB database.
+    pub database: DatabaseConfig,
+    /// Tool components.
+    pub plugins: PluginsConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// API listener: `/api/*`, MCP, `/metrics`.
+    pub listen: SocketAddr,
+    /// Health listener: `/healthz`, `/readyz`, no auth.
+    pub health_listen: SocketAddr,
+    /// Serve plain HTTP. Allowed only on loopback addresses.
+    pub insecure_no_tls: bool,
+    /// Largest request body accepted; larger gets 413 `payload_too_large`.
+    pub max_body: ByteSize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8081".parse().expect("valid address"),
+            health_listen: "127.0.0.1:8080".parse().expect("valid address"),
+            insecure_no_tls: false,
+            max_body: ByteSize(1 << 20),
+        }
+    }
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// The DuckDB file; created with the `events` table when missing.
+    pub path: PathBuf,
+    /// Read-only connections kept for tools and SQL.
+    pub read_pool_size: usize,
+    /// DuckDB's memory cap.
+    pub max_memory: String,
+    /// Longest any read-only query may run.
+    pub query_timeout: HumanDuration,
+    /// Most rows a read-only query may return.
+    pub max_rows: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        let d = crate::db::DbOptions::default();
+        Self {
+            path: d.path,
+            read_pool_size: d.read_pool_size,
+            max_memory: d.max_memory,
+            query_timeout: HumanDuration(d.query_timeout),
+            max_rows: d.max_rows,
+        }
+    }
+}
+
+impl DatabaseConfig {
+    /// The options [`crate::db::Database::open`] takes.
+    pub fn to_options(&self) -> crate::db::DbOptions {
+        crate::db::DbOptions {
+            path: self.path.clone(),
+            read_pool_size: self.read_pool_size,
+            max_memory: self.max_memory.clone(),
+            query_timeout: self.query_timeout.0,
+            max_rows: self.max_rows,
+        }
+    }
+}
+
+/// `[plugins]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Directory of tool components (`*.wasm`), loaded at start and watched.
+    pub dir: PathBuf,
+    /// Where compiled components are cached (keyed by digest and engine settings).
+    pub cache_dir: PathBuf,
+    /// Watch `dir` and reload on change. SIGHUP and the admin endpoint reload regardless.
+    pub watch: bool,
+    /// Linear-memory limit of one call, unless the tool has an override.
+    pub memory_limit: ByteSize,
+    /// Deadline of one call, unless the tool has an override.
+    pub deadline: HumanDuration,
+    /// Tool calls running at once; more wait for a slot (bounded by their deadline).
+    pub max_concurrent_calls: usize,
+    /// Per-tool overrides, keyed by tool name.
+    pub tools: BTreeMap<String, ToolOverride>,
+    /// Digest pinning: file name (e.g. `fleet-cluster-summary.wasm`) → expected SHA-256 (hex).
+    /// A pinned file whose digest differs is refused and never runs.
+    pub pinned: BTreeMap<String, String>,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("dist/plugins"),
+            cache_dir: PathBuf::from("sluice-cache"),
+            watch: true,
+            memory_limit: ByteSize(crate::runtime::DEFAULT_MEMORY_LIMIT),
+            deadline: HumanDuration(crate::runtime::DEFAULT_DEADLINE),
+            max_concurrent_calls: crate::runtime::DEFAULT_MAX_CONCURRENT_CALLS,
+            tools: BTreeMap::new(),
+            pinned: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[plugins.tools."<name>"]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToolOverride {
+    /// This tool's deadline.
+    pub deadline: Option<HumanDuration>,
+    /// This tool's memory limit.
+    pub memory_limit: Option<ByteSize>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let config: Config = toml::from_str(&text).with_context(|| format!("in {}", path.display()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.database.read_pool_size >= 1, "database.read_pool_size must be at least 1");
+        anyhow::ensure!(self.plugins.max_concurrent_calls >= 1, "plugins.max_concurrent_calls must be at least 1");
+        anyhow::ensure!(
+            self.plugins.memory_limit.0 >= 1 << 20,
+            "plugins.memory_limit must be at least 1MiB"
+        );
+        anyhow::ensure!(!self.plugins.deadline.0.is_zero(), "plugins.deadline must be more than 0s");
+        for (file, digest) in &self.plugins.pinned {
+            anyhow::ensure!(
+                digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
+                "plugins.pinned.\"{file}\" must be a SHA-256 in hex (64 characters), got {digest:?}"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A duration written as `30s`, `250ms`, `5m`, `1h`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl fmt::Debug for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+impl std::str::FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 30s or 500ms"))?;
+        let d = match unit.trim() {
+            "ms" => Duration::from_millis(n),
+            "s" | "" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            other => return Err(format!("unknown duration unit {other:?} in {s:?}; use ms, s, m or h")),
+        };
+        Ok(Self(d))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A size written as `64MiB`, `1GB`, `512KiB` or a plain number of bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub usize);
+
+impl fmt::Debug for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} bytes", self.0)
+    }
+}
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: usize = num.parse().map_err(|_| format!("{s:?} is not a size like 64MiB"))?;
+        let mult: usize = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "KB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            other => return Err(format!("unknown size unit {other:?} in {s:?}; use B, KiB, MiB, GiB, KB, MB or GB")),
+        };
+        n.checked_mul(mult).map(Self).ok_or_else(|| format!("{s:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(usize),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(Self(n)),
+            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_file_and_rejects_unknown_keys() {
+        let c: Config = toml::from_str(
+            r#"
+            [server]
+            listen = "127.0.0.1:9000"
+            max_body = "2MiB"
+            [plugins]
+            deadline = "5s"
+            memory_limit = "32MiB"
+            [plugins.tools."fleet.cluster.run_analysis"]
+            deadline = "60s"
+            [plugins.pinned]
+            "fleet-cluster-summary.wasm" = "0000000000000000000000000000000000000000000000000000000000000000"
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.server.max_body.0, 2 << 20);
+        assert_eq!(c.plugins.deadline.0, Duration::from_secs(5));
+        assert_eq!(c.plugins.tools["fleet.cluster.run_analysis"].deadline.unwrap().0, Duration::from_secs(60));
+
+        let err = toml::from_str::<Config>("[plugins]\ndeadlin = \"5s\"").unwrap_err();
+        assert!(err.to_string().contains("deadlin"), "{err}");
+        let err = toml::from_str::<Config>("[plugins]\ndeadline = \"5 parsecs\"").unwrap_err();
+        assert!(err.to_string().contains("unit"), "{err}");
+    }
+}

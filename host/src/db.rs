@@ -1,0 +1,633 @@
+//! DuckDB: the database file, the `events` schema, and the read-only query path that tools (and
+//! later the SQL endpoint) use.
+//!
+//! One DuckDB instance per process, opened with external access disabled and its configuration
+//! locked, so no statement can read or write files, reach the network, load extensions or change
+//! settings. Writers (the demo seeder, ingest) use [`Database::writer`]; readers borrow a
+//! connection from a small pool and go through [`Database::query_read_only`], which accepts exactly
+//! one `SELECT` as judged by DuckDB's own parser, runs it inside a transaction that is always
+//! rolled back, caps the rows, and interrupts it at its deadline.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use duckdb::arrow::datatypes::DataType;
+use duckdb::types::{TimeUnit, Value as DuckValue, ValueRef};
+use duckdb::{Config, Connection, InterruptHandle};
+
+/// The schema of the one table the gateway owns. Data arrives as metrics: one row per point.
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    ts           TIMESTAMP NOT NULL,
+    cluster_id   VARCHAR   NOT NULL,
+    node_id      VARCHAR   NOT NULL,
+    metric_name  VARCHAR   NOT NULL,
+    value_double DOUBLE,
+    host_attr    VARCHAR,
+    event_type   VARCHAR,
+    attributes   VARCHAR
+);";
+
+/// Settings for the database, from the `[database]` config section.
+#[derive(Debug, Clone)]
+pub struct DbOptions {
+    /// Database file; created when missing.
+    pub path: PathBuf,
+    /// Read connections kept in the pool.
+    pub read_pool_size: usize,
+    /// DuckDB's memory cap (`max_memory`), e.g. `1GB`.
+    pub max_memory: String,
+    /// Longest a single read-only query may run.
+    pub query_timeout: Duration,
+    /// Most rows a read-only query may return.
+    pub max_rows: u64,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("sluice.duckdb"),
+            read_pool_size: 4,
+            max_memory: "1GB".into(),
+            query_timeout: Duration::from_secs(60),
+            max_rows: 10_000,
+        }
+    }
+}
+
+/// A column type family (mirrors WIT `column-type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    Boolean,
+    Int64,
+    Float64,
+    Text,
+    Timestamp,
+    Date,
+    Blob,
+    Other,
+}
+
+/// One value (mirrors WIT `value`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Boolean(bool),
+    Int64(i64),
+    Float64(f64),
+    Text(String),
+    /// Microseconds since the Unix epoch.
+    Timestamp(i64),
+    /// Days since the Unix epoch.
+    Date(i32),
+    Blob(Vec<u8>),
+}
+
+/// A query's result.
+#[derive(Debug, Clone, Default)]
+pub struct QueryResult {
+    pub columns: Vec<(String, ColumnType)>,
+    pub rows: Vec<Vec<Value>>,
+    pub truncated: bool,
+}
+
+/// How many rows a read-only query may return.
+#[derive(Debug, Clone, Copy)]
+pub enum RowLimit {
+    /// More than the host's cap is an error.
+    Cap,
+    /// Stop at this many (never more than the cap) and report truncation.
+    AtMost(u64),
+}
+
+/// Why a read-only query failed (mirrors WIT `query-error`).
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("only a single read-only SELECT statement is allowed")]
+    NotReadOnly,
+    #[error("query interrupted at its deadline")]
+    Timeout,
+    #[error("query names data outside the caller's scope")]
+    ScopeDenied,
+    #[error("invalid SQL: {0}")]
+    InvalidSql(String),
+    #[error("result has more than {0} rows")]
+    TooManyRows(u64),
+    #[error("invalid parameters: {0}")]
+    InvalidParams(String),
+    #[error("database error: {0}")]
+    Internal(String),
+}
+
+/// The database and its read pool. Cheap to clone.
+#[derive(Clone)]
+pub struct Database {
+    inner: Arc<DbInner>,
+}
+
+struct DbInner {
+    writer: Mutex<Connection>,
+    pool: Mutex<Vec<Connection>>,
+    pool_cv: Condvar,
+    watchdog: Watchdog,
+    opts: DbOptions,
+}
+
+impl Database {
+    /// Opens (or creates) the database file and makes sure the schema exists.
+    pub fn open(opts: DbOptions) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        if let Some(parent) = opts.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating the directory for {}", opts.path.display()))?;
+        }
+        let config = Config::default()
+            .enable_external_access(false)?
+            .enable_autoload_extension(false)?
+            .max_memory(&opts.max_memory)?
+            .with("autoinstall_known_extensions", "false")?
+            .with("lock_configuration", "true")?;
+        let writer = Connection::open_with_flags(&opts.path, config).with_context(|| {
+            format!(
+                "opening DuckDB database {} (is another sluice process using it?)",
+                opts.path.display()
+            )
+        })?;
+        writer.execute_batch(SCHEMA).context("creating the events table")?;
+        let mut pool = Vec::with_capacity(opts.read_pool_size);
+        for _ in 0..opts.read_pool_size.max(1) {
+            pool.push(writer.try_clone().context("opening a read connection")?);
+        }
+        Ok(Self {
+            inner: Arc::new(DbInner {
+                writer: Mutex::new(writer),
+                pool: Mutex::new(pool),
+                pool_cv: Condvar::new(),
+                watchdog: Watchdog::start(),
+                opts,
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.opts.path
+    }
+
+    /// The options the database was opened with.
+    pub fn options(&self) -> &DbOptions {
+        &self.inner.opts
+    }
+
+    /// The single writer connection (seeding, ingest, maintenance).
+    pub fn writer(&self) -> MutexGuard<'_, Connection> {
+        self.inner.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs one read-only statement. `deadline` bounds it in addition to the configured query
+    /// timeout; whichever comes first interrupts the query.
+    pub fn query_read_only(
+        &self,
+        sql: &str,
+        params: &[Value],
+        limit: RowLimit,
+        deadline: Option<Instant>,
+    ) -> Result<QueryResult, QueryError> {
+        let now = Instant::now();
+        let mut until = now + self.inner.opts.query_timeout;
+        if let Some(d) = deadline {
+            until = until.min(d);
+        }
+        if until <= now {
+            return Err(QueryError::Timeout);
+        }
+        let conn = self.borrow_reader(until)?;
+        let guard = self.inner.watchdog.arm(until, conn.interrupt_handle());
+        let result = run_read_only(&conn, sql, params, limit, self.inner.opts.max_rows);
+        let fired = guard.disarm();
+        // Whatever happened, leave the connection outside any transaction before reuse.
+        let _ = conn.execute_batch("ROLLBACK");
+        self.return_reader(conn);
+        match result {
+            Err(_) if fired => Err(QueryError::Timeout),
+            other => other,
+        }
+    }
+
+    fn borrow_reader(&self, until: Instant) -> Result<Connection, QueryError> {
+        let mut pool = self.inner.pool.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(conn) = pool.pop() {
+                return Ok(conn);
+            }
+            let now = Instant::now();
+            if now >= until {
+                return Err(QueryError::Timeout);
+            }
+            pool = self
+                .inner
+                .pool_cv
+                .wait_timeout(pool, until - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    fn return_reader(&self, conn: Connection) {
+        self.inner.pool.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+        self.inner.pool_cv.notify_one();
+    }
+}
+
+/// Checks with DuckDB's own parser that `sql` is exactly one `SELECT` (including CTEs, `VALUES`,
+/// set operations, `FROM`-first and `DESCRIBE`). `json_serialize_sql` serialises only `SELECT`
+/// statements and reports anything else as "not implemented".
+pub fn check_read_only(conn: &Connection, sql: &str) -> Result<(), QueryError> {
+    let verdict: String = conn
+        .query_row("SELECT json_serialize_sql(?::VARCHAR)", [sql], |r| r.get(0))
+        .map_err(|e| QueryError::Internal(format!("parsing the statement: {e}")))?;
+    let verdict: serde_json::Value = serde_json::from_str(&verdict)
+        .map_err(|e| QueryError::Internal(format!("reading the parser's verdict: {e}")))?;
+    if verdict["error"].as_bool() == Some(true) {
+        return Err(match verdict["error_type"].as_str() {
+            Some("not implemented") => QueryError::NotReadOnly,
+            _ => QueryError::InvalidSql(verdict["error_message"].as_str().unwrap_or("parse error").to_owned()),
+        });
+    }
+    match verdict["statements"].as_array().map(Vec::len) {
+        Some(1) => Ok(()),
+        Some(0) | None => Err(QueryError::InvalidSql("no statement".into())),
+        Some(_) => Err(QueryError::NotReadOnly),
+    }
+}
+
+fn run_read_only(
+    conn: &Connection,
+    sql: &str,
+    params: &[Value],
+    limit: RowLimit,
+    cap: u64,
+) -> Result<QueryResult, QueryError> {
+    check_read_only(conn, sql)?;
+    conn.execute_batch("BEGIN TRANSACTION").map_err(internal)?;
+    let mut stmt = conn.prepare(sql).map_err(sql_error)?;
+    let expected = stmt.parameter_count();
+    if expected != params.len() {
+        return Err(QueryError::InvalidParams(format!(
+            "the statement has {expected} parameter(s), {} given",
+            params.len()
+        )));
+    }
+    let params: Vec<DuckValue> = params.iter().map(to_duck).collect();
+    let mut rows = stmt.query(duckdb::params_from_iter(params)).map_err(sql_error)?;
+    let (max, truncate) = match limit {
+        RowLimit::Cap => (cap, false),
+        RowLimit::AtMost(n) => (n.min(cap), true),
+    };
+    let mut out = QueryResult::default();
+    if let Some(s) = rows.as_ref() {
+        let n = s.column_count();
+        out.columns = (0..n)
+            .map(|i| {
+                let name = s.column_name(i).map(String::clone).unwrap_or_default();
+                (name, column_type(&s.column_type(i)))
+            })
+            .collect();
+    }
+    while let Some(row) = rows.next().map_err(sql_error)? {
+        if out.rows.len() as u64 == max {
+            if truncate {
+                out.truncated = true;
+                break;
+            }
+            return Err(QueryError::TooManyRows(cap));
+        }
+        let mut values = Vec::with_capacity(out.columns.len());
+        for i in 0..out.columns.len() {
+            values.push(from_duck(row.get_ref(i).map_err(internal)?));
+        }
+        out.rows.push(values);
+    }
+    Ok(out)
+}
+
+fn internal(e: duckdb::Error) -> QueryError {
+    QueryError::Internal(e.to_string())
+}
+
+fn sql_error(e: duckdb::Error) -> QueryError {
+    let msg = e.to_string();
+    if msg.contains("INTERRUPT") || msg.contains("Interrupted") {
+        QueryError::Timeout
+    } else if msg.contains("Permission Error") || msg.contains("disabled by configuration") {
+        // A file reader or another external access: as much a non-read-only request as a write.
+        QueryError::NotReadOnly
+    } else {
+        QueryError::InvalidSql(msg)
+    }
+}
+
+fn to_duck(v: &Value) -> DuckValue {
+    match v {
+        Value::Null => DuckValue::Null,
+        Value::Boolean(b) => DuckValue::Boolean(*b),
+        Value::Int64(i) => DuckValue::BigInt(*i),
+        Value::Float64(f) => DuckValue::Double(*f),
+        Value::Text(s) => DuckValue::Text(s.clone()),
+        Value::Timestamp(us) => DuckValue::Timestamp(TimeUnit::Microsecond, *us),
+        Value::Date(d) => DuckValue::Date32(*d),
+        Value::Blob(b) => DuckValue::Blob(b.clone()),
+    }
+}
+
+fn column_type(t: &DataType) -> ColumnType {
+    match t {
+        DataType::Boolean => ColumnType::Boolean,
+        DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::UInt64 => ColumnType::Int64,
+        DataType::Float16 | DataType::Float32 | DataType::Float64 => ColumnType::Float64,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => ColumnType::Text,
+        DataType::Timestamp(_, _) => ColumnType::Timestamp,
+        DataType::Date32 | DataType::Date64 => ColumnType::Date,
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_) => {
+            ColumnType::Blob
+        }
+        _ => ColumnType::Other,
+    }
+}
+
+fn from_duck(v: ValueRef<'_>) -> Value {
+    fn micros(unit: TimeUnit, t: i64) -> i64 {
+        match unit {
+            TimeUnit::Second => t.saturating_mul(1_000_000),
+            TimeUnit::Millisecond => t.saturating_mul(1_000),
+            TimeUnit::Microsecond => t,
+            TimeUnit::Nanosecond => t / 1_000,
+        }
+    }
+    match v {
+        ValueRef::Null => Value::Null,
+        ValueRef::Boolean(b) => Value::Boolean(b),
+        ValueRef::TinyInt(i) => Value::Int64(i.into()),
+        ValueRef::SmallInt(i) => Value::Int64(i.into()),
+        ValueRef::Int(i) => Value::Int64(i.into()),
+        ValueRef::BigInt(i) => Value::Int64(i),
+        ValueRef::UTinyInt(i) => Value::Int64(i.into()),
+        ValueRef::USmallInt(i) => Value::Int64(i.into()),
+        ValueRef::UInt(i) => Value::Int64(i.into()),
+        ValueRef::UBigInt(i) => i64::try_from(i).map_or_else(|_| Value::Text(i.to_string()), Value::Int64),
+        ValueRef::HugeInt(i) => Value::Text(i.to_string()),
+        ValueRef::UHugeInt(i) => Value::Text(i.to_string()),
+        ValueRef::Float(f) => Value::Float64(f.into()),
+        ValueRef::Double(f) => Value::Float64(f),
+        ValueRef::Decimal(d) => Value::Text(d.to_string()),
+        ValueRef::Timestamp(unit, t) => Value::Timestamp(micros(unit, t)),
+        ValueRef::Text(b) => Value::Text(String::from_utf8_lossy(b).into_owned()),
+        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+        ValueRef::Date32(d) => Value::Date(d),
+        other => Value::Text(render_other(other)),
+    }
+}
+
+fn render_other(v: ValueRef<'_>) -> String {
+    match v.to_owned() {
+        DuckValue::Time64(unit, t) => {
+            let us = match unit {
+                TimeUnit::Second => t * 1_000_000,
+                TimeUnit::Millisecond => t * 1_000,
+                TimeUnit::Microsecond => t,
+                TimeUnit::Nanosecond => t / 1_000,
+            };
+            let s = us / 1_000_000;
+            format!("{:02}:{:02}:{:02}.{:06}", s / 3600, (s % 3600) / 60, s % 60, us % 1_000_000)
+        }
+        DuckValue::Interval { months, days, nanos } => format!("{months} months {days} days {nanos} ns"),
+        DuckValue::Enum(s) => s,
+        other => format!("{other:?}"),
+    }
+}
+
+/// Interrupts queries that pass their deadline. One thread for the whole process; arming and
+/// disarming are a map insert and remove under a mutex, and the interrupt happens under the same
+/// mutex so a connection that has been disarmed (and may be reused) is never interrupted.
+struct Watchdog {
+    shared: Arc<(Mutex<WatchState>, Condvar)>,
+}
+
+#[derive(Default)]
+struct WatchState {
+    armed: BTreeMap<(Instant, u64), Arc<InterruptHandle>>,
+    fired: std::collections::HashSet<u64>,
+}
+
+struct Armed<'a> {
+    watchdog: &'a Watchdog,
+    key: (Instant, u64),
+}
+
+static NEXT_ARM: AtomicU64 = AtomicU64::new(0);
+
+impl Watchdog {
+    fn start() -> Self {
+        let shared: Arc<(Mutex<WatchState>, Condvar)> = Arc::default();
+        let weak = Arc::downgrade(&shared);
+        std::thread::Builder::new()
+            .name("sluice-query-watchdog".into())
+            .spawn(move || {
+                loop {
+                    let Some(shared) = weak.upgrade() else { return };
+                    let (lock, cv) = &*shared;
+                    let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
+                    let now = Instant::now();
+                    while let Some((&key, _)) = st.armed.first_key_value() {
+                        if key.0 > now {
+                            break;
+                        }
+                        if let Some(handle) = st.armed.remove(&key) {
+                            handle.interrupt();
+                            st.fired.insert(key.1);
+                        }
+                    }
+                    // Wake at the next deadline, or after a second to notice the database being dropped.
+                    let wait = st
+                        .armed
+                        .first_key_value()
+                        .map_or(Duration::from_secs(1), |(k, _)| k.0.saturating_duration_since(now))
+                        .min(Duration::from_secs(1));
+                    let _ = cv.wait_timeout(st, wait);
+                }
+            })
+            .expect("spawning the query watchdog thread");
+        Self { shared }
+    }
+
+    fn arm(&self, until: Instant, handle: Arc<InterruptHandle>) -> Armed<'_> {
+        let key = (until, NEXT_ARM.fetch_add(1, Ordering::Relaxed));
+        let (lock, cv) = &*self.shared;
+        lock.lock().unwrap_or_else(|p| p.into_inner()).armed.insert(key, handle);
+        cv.notify_one();
+        Armed { watchdog: self, key }
+    }
+}
+
+impl Armed<'_> {
+    /// Disarms; returns whether the deadline had already fired.
+    fn disarm(self) -> bool {
+        let mut st = self.watchdog.shared.0.lock().unwrap_or_else(|p| p.into_inner());
+        st.armed.remove(&self.key);
+        st.fired.remove(&self.key.1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> (tempdir::Dir, Database) {
+        let dir = tempdir::Dir::new();
+        let db = Database::open(DbOptions { path: dir.path().join("t.duckdb"), ..Default::default() }).unwrap();
+        (dir, db)
+    }
+
+    #[test]
+    fn refuses_everything_but_one_select() {
+        let (_d, db) = db();
+        for sql in [
+            "DROP TABLE events",
+            "INSERT INTO events (ts, cluster_id, node_id, metric_name) VALUES (now(), 'a', 'b', 'c')",
+            "ATTACH 'other.duckdb'",
+            "COPY events TO 'out.csv'",
+            "INSTALL httpfs",
+            "LOAD httpfs",
+            "SET threads = 1",
+            "PRAGMA version",
+            "SELECT 1; DROP TABLE events",
+            "CREATE TABLE t AS SELECT 1",
+            "CHECKPOINT",
+        ] {
+            let err = db.query_read_only(sql, &[], RowLimit::Cap, None).unwrap_err();
+            assert!(matches!(err, QueryError::NotReadOnly), "{sql}: {err:?}");
+        }
+        let err = db.query_read_only("SELECT * FROM read_csv('/etc/passwd')", &[], RowLimit::Cap, None).unwrap_err();
+        assert!(matches!(err, QueryError::NotReadOnly), "{err:?}");
+        let err = db.query_read_only("SELEC 1", &[], RowLimit::Cap, None).unwrap_err();
+        assert!(matches!(err, QueryError::InvalidSql(_)), "{err:?}");
+        let n = db.query_read_only("SELECT count(*) FROM events", &[], RowLimit::Cap, None).unwrap();
+        assert_eq!(n.rows, vec![vec![Value::Int64(0)]]);
+    }
+
+    #[test]
+    fn converts_values_and_binds_parameters() {
+        let (_d, db) = db();
+        let r = db
+            .query_read_only(
+                "SELECT ?::BIGINT AS i, ?::DOUBLE AS f, ?::VARCHAR AS s, TIMESTAMP '2024-01-01 00:00:01' AS t, \
+                 DATE '1970-01-02' AS d, NULL AS n, true AS b, 1.5::DECIMAL(4,2) AS dec",
+                &[Value::Int64(7), Value::Float64(0.5), Value::Text("x".into())],
+                RowLimit::Cap,
+                None,
+            )
+            .unwrap();
+        let types: Vec<ColumnType> = r.columns.iter().map(|c| c.1).collect();
+        // (The type DuckDB gives a bare NULL is its own business; column 5 is not checked.)
+        assert_eq!(
+            [types[0], types[1], types[2], types[3], types[4], types[6], types[7]],
+            [
+                ColumnType::Int64,
+                ColumnType::Float64,
+                ColumnType::Text,
+                ColumnType::Timestamp,
+                ColumnType::Date,
+                ColumnType::Boolean,
+                ColumnType::Other
+            ]
+        );
+        assert_eq!(
+            r.rows[0],
+            vec![
+                Value::Int64(7),
+                Value::Float64(0.5),
+                Value::Text("x".into()),
+                Value::Timestamp(1_704_067_201_000_000),
+                Value::Date(1),
+                Value::Null,
+                Value::Boolean(true),
+                Value::Text("1.50".into()),
+            ]
+        );
+        let err = db.query_read_only("SELECT ?", &[], RowLimit::Cap, None).unwrap_err();
+        assert!(matches!(err, QueryError::InvalidParams(_)), "{err:?}");
+    }
+
+    #[test]
+    fn caps_rows_or_truncates_on_request() {
+        let (_d, db) = db();
+        let err = db.query_read_only("SELECT * FROM range(20000)", &[], RowLimit::Cap, None).unwrap_err();
+        assert!(matches!(err, QueryError::TooManyRows(10_000)), "{err:?}");
+        let r = db.query_read_only("SELECT * FROM range(20000)", &[], RowLimit::AtMost(5), None).unwrap();
+        assert_eq!(r.rows.len(), 5);
+        assert!(r.truncated);
+        let r = db.query_read_only("SELECT * FROM range(5)", &[], RowLimit::AtMost(5), None).unwrap();
+        assert!(!r.truncated);
+    }
+
+    #[test]
+    fn interrupts_a_query_at_its_deadline_and_reuses_the_connection() {
+        let (_d, db) = db();
+        let started = Instant::now();
+        let err = db
+            .query_read_only(
+                "SELECT count(*) FROM range(10000000000) a WHERE a.range % 7 = 3",
+                &[],
+                RowLimit::Cap,
+                Some(Instant::now() + Duration::from_millis(300)),
+            )
+            .unwrap_err();
+        assert!(matches!(err, QueryError::Timeout), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        // Every pooled connection still works afterwards.
+        for _ in 0..8 {
+            db.query_read_only("SELECT 1", &[], RowLimit::Cap, None).unwrap();
+        }
+    }
+}
+
+/// A scratch directory for tests, removed on drop.
+#[cfg(test)]
+pub(crate) mod tempdir {
+    use std::path::{Path, PathBuf};
+
+    pub struct Dir(PathBuf);
+
+    impl Dir {
+        pub fn new() -> Self {
+            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "sluice-test-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&p).unwrap();
+            Self(p)
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! `ApiError`: the one type every error response of the API is made from, so every body follows
+//! the wire contract: `{"error": "<human text>", "code": "<machine code>", ...extra}`.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// Every error the API answers with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400 `invalid_request`: the body is not valid JSON or not the expected shape.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// 400 `invalid_args`: `args` does not match the tool's input schema. `path` is the JSON
+    /// pointer of the failing value.
+    #[error("{message}")]
+    InvalidArgs { message: String, path: String },
+    /// 400 `sql_not_read_only`.
+    #[error("{0}")]
+    SqlNotReadOnly(String),
+    /// 403 `tenant_scoped_bearer_refused`.
+    #[error("{0}")]
+    TenantScopeRefused(String),
+    /// 404 `tool_not_found`.
+    #[error("unknown tool {0:?}")]
+    ToolNotFound(String),
+    /// 404 `not_found`: no such route.
+    #[error("no such endpoint")]
+    NotFound,
+    /// 410 `gone`: `/api/v1/*`.
+    #[error("api/v1 removed in v1.0; use /api/v2")]
+    Gone,
+    /// 413 `payload_too_large`.
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// 500 `tool_backend_failure`. `detail` is logged, never sent.
+    #[error("tool backend failure")]
+    ToolBackendFailure { tool: String, req_id: String, detail: String },
+    /// 503 `in_flight_cap`.
+    #[error("too many tool calls in flight; retry shortly")]
+    InFlightCap,
+    /// 504 `tool_timeout`.
+    #[error("tool {tool} ran past its deadline of {deadline_ms} ms")]
+    ToolTimeout { tool: String, deadline_ms: u64 },
+}
+
+impl ApiError {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidRequest(_) | Self::InvalidArgs { .. } | Self::SqlNotReadOnly(_) => StatusCode::BAD_REQUEST,
+            Self::TenantScopeRefused(_) => StatusCode::FORBIDDEN,
+            Self::ToolNotFound(_) | Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Gone => StatusCode::GONE,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::ToolBackendFailure { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::InFlightCap => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ToolTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::InvalidArgs { .. } => "invalid_args",
+            Self::SqlNotReadOnly(_) => "sql_not_read_only",
+            Self::TenantScopeRefused(_) => "tenant_scoped_bearer_refused",
+            Self::ToolNotFound(_) => "tool_not_found",
+            Self::NotFound => "not_found",
+            Self::Gone => "gone",
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::ToolBackendFailure { .. } => "tool_backend_failure",
+            Self::InFlightCap => "in_flight_cap",
+            Self::ToolTimeout { .. } => "tool_timeout",
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Value {
+        let mut body = json!({ "error": self.to_string(), "code": self.code() });
+        let extra = match self {
+            Self::InvalidArgs { path, .. } => json!({ "path": path }),
+            Self::ToolNotFound(name) => json!({ "name": name }),
+            Self::Gone => json!({
+                "removed_version": "v1",
+                "preferred": "v2",
+                "docs": crate::http::API_VERSIONING_DOCS,
+            }),
+            Self::ToolBackendFailure { tool, req_id, .. } => json!({ "tool": tool, "req_id": req_id }),
+            Self::ToolTimeout { tool, deadline_ms } => json!({ "tool": tool, "deadline_ms": deadline_ms }),
+            _ => Value::Null,
+        };
+        if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
+            b.extend(e);
+        }
+        body
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let Self::ToolBackendFailure { tool, req_id, detail } = &self {
+            // The full error goes to the log under the request id; the client gets a scrubbed body.
+            tracing::error!(target: "sluice::audit", event = "tool_backend_failure", req_id = %req_id, tool = %tool, error = %detail, "Tool backend failure.");
+        }
+        let mut resp = (self.status(), Json(self.body())).into_response();
+        if let Self::InFlightCap = self {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}

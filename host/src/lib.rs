@@ -1,0 +1,16 @@
+//! Sluice: a secure, observable gateway in front of an embedded DuckDB, extensible with
+//! WebAssembly components.
+//!
+//! - [`db`]: the DuckDB database and its read-only query path.
+//! - [`runtime`]: the wasmtime engine, the hot-swappable tool registry and tool calls.
+//! - [`http`]: the API and health routers.
+//! - [`serve`]: wiring it together for `sluice serve`.
+//! - [`demo`]: synthetic fleet data.
+
+pub mod config;
+pub mod db;
+pub mod demo;
+pub mod http;
+pub mod metrics;
+pub mod runtime;
+pub mod serve;

@@ -1,0 +1,111 @@
+//! Prometheus metrics. Label values come only from bounded sets: route templates, methods,
+//! status classes, loaded tool names and fixed outcome names.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder, exponential_buckets,
+};
+
+use crate::runtime::CallError;
+
+/// Every metric the gateway exports. Cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+    plugin_calls: IntCounterVec,
+    plugin_duration: HistogramVec,
+    plugin_reloads: IntCounterVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let buckets = exponential_buckets(0.000_1, 4.0, 10).expect("valid buckets");
+        let http_requests = IntCounterVec::new(
+            Opts::new("sluice_http_requests_total", "HTTP requests by route template, method and status class."),
+            &["route", "method", "status"],
+        )
+        .expect("valid metric");
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new("sluice_http_request_duration_seconds", "HTTP request duration by route template.")
+                .buckets(buckets.clone()),
+            &["route"],
+        )
+        .expect("valid metric");
+        let plugin_calls = IntCounterVec::new(
+            Opts::new(
+                "sluice_plugin_calls_total",
+                "Tool calls by plugin and outcome (ok, tool_error, timeout, trap, busy).",
+            ),
+            &["plugin", "outcome"],
+        )
+        .expect("valid metric");
+        let plugin_duration = HistogramVec::new(
+            HistogramOpts::new("sluice_plugin_call_duration_seconds", "Tool call duration (instantiate + call).")
+                .buckets(buckets),
+            &["plugin"],
+        )
+        .expect("valid metric");
+        let plugin_reloads = IntCounterVec::new(
+            Opts::new("sluice_plugin_reloads_total", "Component (re)loads by result (loaded, failed)."),
+            &["result"],
+        )
+        .expect("valid metric");
+        for c in [&http_requests, &plugin_calls, &plugin_reloads] {
+            registry.register(Box::new(c.clone())).expect("unique metric");
+        }
+        for h in [&http_duration, &plugin_duration] {
+            registry.register(Box::new(h.clone())).expect("unique metric");
+        }
+        Self { registry, http_requests, http_duration, plugin_calls, plugin_duration, plugin_reloads }
+    }
+
+    /// Records one HTTP request.
+    pub fn http_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.http_requests.with_label_values(&[route, method, class]).inc();
+        self.http_duration.with_label_values(&[route]).observe(elapsed.as_secs_f64());
+    }
+
+    /// Records one tool call.
+    pub fn plugin_call(&self, plugin: &str, elapsed: Duration, error: Option<&CallError>) {
+        let outcome = match error {
+            None => "ok",
+            Some(CallError::Tool(_)) => "tool_error",
+            Some(CallError::Timeout(_)) => "timeout",
+            Some(CallError::Trap(_)) => "trap",
+            Some(CallError::Busy) => "busy",
+        };
+        self.plugin_calls.with_label_values(&[plugin, outcome]).inc();
+        self.plugin_duration.with_label_values(&[plugin]).observe(elapsed.as_secs_f64());
+    }
+
+    /// Records the outcome of a reload.
+    pub fn plugin_reloads(&self, loaded: u64, failed: u64) {
+        self.plugin_reloads.with_label_values(&["loaded"]).inc_by(loaded);
+        self.plugin_reloads.with_label_values(&["failed"]).inc_by(failed);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("encoding metrics");
+        String::from_utf8(out).expect("metrics are UTF-8")
+    }
+}

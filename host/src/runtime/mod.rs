@@ -1,0 +1,204 @@
+//! Running untrusted tool components: one engine, a hot-swappable registry, and calls under a
+//! memory limit and a deadline.
+
+pub mod engine;
+pub mod registry;
+pub mod tools;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use notify::Watcher as _;
+use tokio::sync::Semaphore;
+use wasmtime::component::Linker;
+
+use crate::config::PluginsConfig;
+use crate::db::Database;
+use crate::metrics::Metrics;
+use engine::{ArtifactCache, EngineOptions, SluiceEngine};
+pub use registry::{LoadedTool, PluginStatus, Registry, ReloadReport, is_valid_tool_name};
+pub use tools::{CallContext, CallError, ToolError, ToolState, WitQueryError};
+
+/// Default linear-memory limit of one call: generous for JSON shaping of query results, small
+/// enough that a runaway tool cannot hurt the process.
+pub const DEFAULT_MEMORY_LIMIT: usize = 64 << 20;
+
+/// Default deadline of one call.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Default number of calls running at once.
+pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 64;
+
+/// How long file events are gathered before a reload, so one save (often several writes)
+/// causes one reload.
+pub const WATCH_DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// The plugin runtime: engine, linker, compiled-artifact cache and the current registry.
+pub struct Runtime {
+    engine: SluiceEngine,
+    linker: Linker<ToolState>,
+    cache: ArtifactCache,
+    db: Database,
+    config: PluginsConfig,
+    registry: ArcSwap<Registry>,
+    reload_lock: Mutex<()>,
+    last_reload: Mutex<ReloadReport>,
+    permits: Arc<Semaphore>,
+    metrics: Metrics,
+}
+
+/// A successful call: the output and the version that produced it.
+#[derive(Debug)]
+pub struct CallOutput {
+    /// The tool's JSON output.
+    pub json: String,
+    /// The exact version that ran.
+    pub tool: Arc<LoadedTool>,
+}
+
+impl Runtime {
+    /// Builds the runtime and loads every component in the plugins directory.
+    pub fn new(config: PluginsConfig, db: Database, metrics: Metrics) -> anyhow::Result<Arc<Self>> {
+        let max_memory = config
+            .tools
+            .values()
+            .filter_map(|o| o.memory_limit.map(|m| m.0))
+            .chain([config.memory_limit.0])
+            .max()
+            .unwrap_or(DEFAULT_MEMORY_LIMIT);
+        anyhow::ensure!(
+            config.max_concurrent_calls <= engine::POOL_COMPONENT_INSTANCES as usize,
+            "plugins.max_concurrent_calls must be at most {}",
+            engine::POOL_COMPONENT_INSTANCES
+        );
+        let engine = SluiceEngine::new(&EngineOptions { max_memory })?;
+        let linker = tools::linker(engine.engine())?;
+        let cache = ArtifactCache::new(engine.engine(), Some(&config.cache_dir));
+        let permits = Arc::new(Semaphore::new(config.max_concurrent_calls));
+        let rt = Arc::new(Self {
+            engine,
+            linker,
+            cache,
+            db,
+            config,
+            registry: ArcSwap::from_pointee(Registry::default()),
+            reload_lock: Mutex::new(()),
+            last_reload: Mutex::new(ReloadReport::default()),
+            permits,
+            metrics,
+        });
+        rt.reload();
+        Ok(rt)
+    }
+
+    /// The current registry snapshot. Keep it for the whole request.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.load_full()
+    }
+
+    /// What the latest reload did.
+    pub fn last_reload(&self) -> ReloadReport {
+        self.last_reload.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The plugins directory.
+    pub fn plugins_dir(&self) -> &Path {
+        &self.config.dir
+    }
+
+    /// The database tools query.
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+
+    /// Calls a tool from async code: waits for a call slot (bounded by the tool's deadline), then
+    /// runs the call on a blocking thread.
+    pub async fn call(
+        self: &Arc<Self>,
+        tool: Arc<LoadedTool>,
+        ctx: CallContext,
+        args: String,
+    ) -> Result<CallOutput, CallError> {
+        let deadline = Instant::now() + tool.deadline;
+        let permit = tokio::time::timeout(tool.deadline, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| CallError::Busy)?
+            .map_err(|_| CallError::Busy)?;
+        let rt = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            rt.call_blocking(tool, ctx, &args, deadline)
+        })
+        .await
+        .map_err(|e| CallError::Trap(format!("call task failed: {e}")))?
+    }
+
+    /// Calls a tool on the current thread (CLI, benchmarks). `deadline` is absolute.
+    pub fn call_blocking(
+        &self,
+        tool: Arc<LoadedTool>,
+        ctx: CallContext,
+        args: &str,
+        deadline: Instant,
+    ) -> Result<CallOutput, CallError> {
+        let started = Instant::now();
+        let remaining = deadline.saturating_duration_since(started);
+        if remaining.is_zero() {
+            return Err(CallError::Timeout(tool.deadline));
+        }
+        let state = ToolState::new(
+            self.db.clone(),
+            Arc::from(tool.name.as_str()),
+            ctx.request_id.clone(),
+            tool.memory_limit,
+            deadline,
+        );
+        let mut store = tools::store(self.engine.engine(), state, remaining);
+        let result = tool
+            .pre
+            .instantiate(&mut store)
+            .and_then(|t| t.call_call(&mut store, &ctx, args))
+            .map_err(|e| tools::classify(e, tool.deadline))
+            .and_then(|r| r.map_err(CallError::Tool));
+        self.metrics.plugin_call(&tool.name, started.elapsed(), result.as_ref().err());
+        result.map(|json| CallOutput { json, tool })
+    }
+
+    fn metrics_reloaded(&self, report: &ReloadReport) {
+        self.metrics.plugin_reloads(report.loaded.len() as u64, report.failed.len() as u64);
+    }
+
+    /// Watches the plugins directory and reloads on change, until the returned watcher is
+    /// dropped. Reloads run on a blocking thread, never on a request's path.
+    pub fn watch(self: &Arc<Self>) -> anyhow::Result<notify::RecommendedWatcher> {
+        use anyhow::Context as _;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(ev) = res
+                && !matches!(ev.kind, notify::EventKind::Access(notify::event::AccessKind::Open(_)))
+                && ev.paths.iter().any(|p| p.extension().is_some_and(|e| e == "wasm"))
+            {
+                let _ = tx.send(());
+            }
+        })
+        .context("starting the plugins directory watcher")?;
+        std::fs::create_dir_all(&self.config.dir)
+            .with_context(|| format!("creating the plugins directory {}", self.config.dir.display()))?;
+        watcher
+            .watch(&self.config.dir, notify::RecursiveMode::NonRecursive)
+            .with_context(|| format!("watching {}", self.config.dir.display()))?;
+        let rt = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while rx.recv().await.is_some() {
+                // Gather the burst of events one save makes.
+                tokio::time::sleep(WATCH_DEBOUNCE).await;
+                while rx.try_recv().is_ok() {}
+                let Some(rt) = rt.upgrade() else { return };
+                let _ = tokio::task::spawn_blocking(move || rt.reload()).await;
+            }
+        });
+        Ok(watcher)
+    }
+}

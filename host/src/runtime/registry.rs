@@ -1,0 +1,385 @@
+//! The tool registry: an immutable snapshot of every loaded tool, published through `ArcSwap`.
+//!
+//! A request `load()`s the current snapshot and keeps its `Arc<LoadedTool>` until it is done, so a
+//! reload never disturbs a call in flight. A reload builds the next snapshot off the request path
+//! (compiling only files whose digest changed) and swaps it in. A file that fails to load keeps
+//! its previous version serving and records why in its status.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::engine::CacheOutcome;
+use super::tools::{self, ToolInfo, ToolPre, ToolState};
+use super::Runtime;
+
+/// How long `describe` may take when a component is loaded.
+pub const DESCRIBE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Largest component file accepted.
+pub const MAX_COMPONENT_BYTES: u64 = 64 << 20;
+
+/// A tool ready to be called: its compiled, pre-linked component and what it said about itself.
+pub struct LoadedTool {
+    /// The tool's name, from `describe`.
+    pub name: String,
+    /// Its description.
+    pub description: String,
+    /// Its version.
+    pub version: String,
+    /// Input JSON Schema.
+    pub input_schema: serde_json::Value,
+    /// Output JSON Schema.
+    pub output_schema: serde_json::Value,
+    /// Whether tenant-scoped bearers may call it.
+    pub allow_tenant_scoped: bool,
+    /// SHA-256 (hex) of the component file.
+    pub digest: String,
+    /// The file it came from.
+    pub path: PathBuf,
+    /// When it was loaded.
+    pub loaded_at: SystemTime,
+    /// The call deadline that applies to it.
+    pub deadline: Duration,
+    /// The memory limit that applies to it.
+    pub memory_limit: usize,
+    pub(crate) validator: jsonschema::Validator,
+    pub(crate) pre: ToolPre<ToolState>,
+}
+
+impl LoadedTool {
+    /// Checks `args` against the input schema: the first failure's JSON pointer and message.
+    pub fn validate_args(&self, args: &serde_json::Value) -> Option<(String, String)> {
+        self.validator.iter_errors(args).next().map(|e| (e.instance_path().to_string(), e.to_string()))
+    }
+}
+
+impl std::fmt::Debug for LoadedTool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedTool")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("digest", &self.digest)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One plugin file's state, as `GET /api/v2/admin/plugins` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginStatus {
+    /// File name inside the plugins directory.
+    pub file: String,
+    /// The tool name it serves (from the serving version), if any.
+    pub name: Option<String>,
+    /// Serving version.
+    pub version: Option<String>,
+    /// SHA-256 of the serving version.
+    pub digest: Option<String>,
+    /// When the serving version was loaded (RFC 3339).
+    pub loaded_at: Option<String>,
+    /// `loaded` (the file's current content serves) or `failed` (it was refused; the previous
+    /// version, if any, keeps serving).
+    pub status: &'static str,
+    /// Why the latest content was refused.
+    pub last_error: Option<String>,
+    /// SHA-256 of the refused content.
+    pub rejected_digest: Option<String>,
+}
+
+#[derive(Clone)]
+struct FileEntry {
+    serving: Option<Arc<LoadedTool>>,
+    attempted_digest: String,
+    error: Option<String>,
+}
+
+/// An immutable snapshot of the loaded tools.
+#[derive(Default)]
+pub struct Registry {
+    /// Increases with every reload that changed something.
+    pub generation: u64,
+    tools: BTreeMap<String, Arc<LoadedTool>>,
+    files: BTreeMap<String, FileEntry>,
+}
+
+impl Registry {
+    /// The tool with this name.
+    pub fn get(&self, name: &str) -> Option<&Arc<LoadedTool>> {
+        self.tools.get(name)
+    }
+
+    /// Every tool, by name.
+    pub fn tools(&self) -> impl Iterator<Item = &Arc<LoadedTool>> {
+        self.tools.values()
+    }
+
+    /// Every plugin file's status.
+    pub fn statuses(&self) -> Vec<PluginStatus> {
+        self.files
+            .iter()
+            .map(|(file, e)| {
+                let s = e.serving.as_ref();
+                PluginStatus {
+                    file: file.clone(),
+                    name: s.map(|t| t.name.clone()),
+                    version: s.map(|t| t.version.clone()),
+                    digest: s.map(|t| t.digest.clone()),
+                    loaded_at: s.map(|t| humantime::format_rfc3339_millis(t.loaded_at).to_string()),
+                    status: if e.error.is_some() { "failed" } else { "loaded" },
+                    last_error: e.error.clone(),
+                    rejected_digest: e.error.as_ref().map(|_| e.attempted_digest.clone()),
+                }
+            })
+            .collect()
+    }
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReloadReport {
+    /// Registry generation after the reload.
+    pub generation: u64,
+    /// Files loaded (new or changed) successfully.
+    pub loaded: Vec<String>,
+    /// Files refused, with the reason.
+    pub failed: Vec<(String, String)>,
+    /// Files that disappeared.
+    pub removed: Vec<String>,
+    /// Files served from the compiled-component cache.
+    pub cache_hits: usize,
+}
+
+/// Whether `name` is a valid tool name: `^[a-z][a-z0-9_.]{1,127}$`.
+pub fn is_valid_tool_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    (2..=128).contains(&b.len())
+        && b[0].is_ascii_lowercase()
+        && b[1..].iter().all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'.')
+}
+
+impl Runtime {
+    /// Re-reads the plugins directory and publishes a new snapshot. Unchanged files are kept as
+    /// they are; changed and new ones are compiled and checked; a file that fails keeps its
+    /// previous version serving. Reloads are serialised.
+    pub fn reload(&self) -> ReloadReport {
+        let _serial = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let started = Instant::now();
+        let current = self.registry.load_full();
+        let mut report = ReloadReport::default();
+        let mut files: BTreeMap<String, FileEntry> = BTreeMap::new();
+        let mut changed = false;
+
+        for path in list_components(&self.config.dir) {
+            let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+            let previous = current.files.get(&file);
+            let bytes = match read_component(&path) {
+                Ok(b) => b,
+                Err(e) => {
+                    // Unreadable right now (e.g. being replaced): keep whatever we had.
+                    if let Some(prev) = previous {
+                        files.insert(file, prev.clone());
+                    } else {
+                        report.failed.push((file.clone(), e.clone()));
+                        files.insert(file, FileEntry { serving: None, attempted_digest: String::new(), error: Some(e) });
+                        changed = true;
+                    }
+                    continue;
+                }
+            };
+            let digest = hex::encode(Sha256::digest(&bytes));
+            if let Some(prev) = previous.filter(|p| p.attempted_digest == digest) {
+                files.insert(file, prev.clone());
+                continue;
+            }
+            changed = true;
+            match self.load_component(&file, &path, &digest, &bytes) {
+                Ok((tool, outcome)) => {
+                    if outcome == CacheOutcome::Hit {
+                        report.cache_hits += 1;
+                    }
+                    tracing::info!(file = %file, plugin = %tool.name, version = %tool.version, digest = %digest, cached = (outcome == CacheOutcome::Hit), "Plugin loaded.");
+                    report.loaded.push(file.clone());
+                    files.insert(file, FileEntry { serving: Some(Arc::new(tool)), attempted_digest: digest, error: None });
+                }
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    tracing::warn!(file = %file, digest = %digest, error = %e, "Plugin refused; the previous version (if any) keeps serving.");
+                    report.failed.push((file.clone(), e.clone()));
+                    files.insert(
+                        file,
+                        FileEntry {
+                            serving: previous.and_then(|p| p.serving.clone()),
+                            attempted_digest: digest,
+                            error: Some(e),
+                        },
+                    );
+                }
+            }
+        }
+        for file in current.files.keys() {
+            if !files.contains_key(file) {
+                tracing::info!(file = %file, "Plugin file removed; its tool is no longer served.");
+                report.removed.push(file.clone());
+                changed = true;
+            }
+        }
+
+        // Names must be unique: the first file (by name) that claims a tool name gets it.
+        let mut tools: BTreeMap<String, Arc<LoadedTool>> = BTreeMap::new();
+        let mut owner: BTreeMap<String, String> = BTreeMap::new();
+        for (file, entry) in files.iter_mut() {
+            let Some(tool) = entry.serving.clone() else { continue };
+            if let Some(first) = owner.get(&tool.name) {
+                let e = format!("tool name {:?} is already provided by {first}", tool.name);
+                tracing::warn!(file = %file, error = %e, "Plugin refused.");
+                report.failed.push((file.clone(), e.clone()));
+                entry.serving = None;
+                entry.error = Some(e);
+                continue;
+            }
+            owner.insert(tool.name.clone(), file.clone());
+            tools.insert(tool.name.clone(), tool);
+        }
+
+        let generation = current.generation + u64::from(changed);
+        report.generation = generation;
+        if changed {
+            self.registry.store(Arc::new(Registry { generation, tools, files }));
+            self.metrics_reloaded(&report);
+            tracing::info!(generation, loaded = report.loaded.len(), failed = report.failed.len(), removed = report.removed.len(), elapsed_ms = started.elapsed().as_millis() as u64, "Plugin registry updated.");
+        }
+        *self.last_reload.lock().unwrap_or_else(|p| p.into_inner()) = report.clone();
+        report
+    }
+
+    /// Compiles, links and checks one component.
+    fn load_component(
+        &self,
+        file: &str,
+        path: &Path,
+        digest: &str,
+        bytes: &[u8],
+    ) -> anyhow::Result<(LoadedTool, CacheOutcome)> {
+        use anyhow::{Context as _, bail};
+        if let Some(pin) = self.config.pinned.get(file)
+            && !pin.eq_ignore_ascii_case(digest)
+        {
+            bail!("digest {digest} does not match the pinned digest {pin}; refusing to load it");
+        }
+        let engine = self.engine.engine();
+        let (component, outcome) = self
+            .cache
+            .load(engine, digest, bytes)
+            .context("not a valid WebAssembly component")?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| anyhow::Error::from(e).context("the component imports something the `tool` world does not provide"))?;
+        let pre = ToolPre::new(pre)
+            .map_err(|e| anyhow::Error::from(e).context("the component does not export the `tool` world (describe, call)"))?;
+
+        let state = ToolState::new(
+            self.db.clone(),
+            Arc::from(file),
+            "0000000000000000".into(),
+            self.config.memory_limit.0,
+            Instant::now() + DESCRIBE_DEADLINE,
+        );
+        let mut store = tools::store(engine, state, DESCRIBE_DEADLINE);
+        let info: ToolInfo = pre
+            .instantiate(&mut store)
+            .and_then(|t| t.call_describe(&mut store))
+            .map_err(|e| match tools::classify(e, DESCRIBE_DEADLINE) {
+                tools::CallError::Timeout(_) => anyhow::anyhow!("describe ran past {DESCRIBE_DEADLINE:?}"),
+                other => anyhow::anyhow!("describe failed: {other}"),
+            })?;
+
+        if !is_valid_tool_name(&info.name) {
+            bail!("describe returned an invalid tool name {:?}: names match ^[a-z][a-z0-9_.]{{1,127}}$", info.name);
+        }
+        if info.version.trim().is_empty() || info.description.trim().is_empty() {
+            bail!("describe for {} must give a version and a description", info.name);
+        }
+        let input_schema: serde_json::Value = serde_json::from_str(&info.input_schema)
+            .with_context(|| format!("input schema of {} is not JSON", info.name))?;
+        if input_schema.get("type").and_then(|t| t.as_str()) != Some("object") {
+            bail!("input schema of {} must describe an object (\"type\": \"object\")", info.name);
+        }
+        let validator = jsonschema::validator_for(&input_schema)
+            .map_err(|e| anyhow::anyhow!("input schema of {} is not a valid JSON Schema: {e}", info.name))?;
+        let output_schema: serde_json::Value = serde_json::from_str(&info.output_schema)
+            .with_context(|| format!("output schema of {} is not JSON", info.name))?;
+        jsonschema::validator_for(&output_schema)
+            .map_err(|e| anyhow::anyhow!("output schema of {} is not a valid JSON Schema: {e}", info.name))?;
+
+        let over = self.config.tools.get(&info.name);
+        let deadline = over.and_then(|o| o.deadline).map_or(self.config.deadline.0, |d| d.0);
+        let memory_limit = over.and_then(|o| o.memory_limit).map_or(self.config.memory_limit.0, |m| m.0);
+        Ok((
+            LoadedTool {
+                name: info.name,
+                description: info.description,
+                version: info.version,
+                input_schema,
+                output_schema,
+                allow_tenant_scoped: info.allow_tenant_scoped,
+                digest: digest.to_owned(),
+                path: path.to_owned(),
+                loaded_at: SystemTime::now(),
+                deadline,
+                memory_limit,
+                validator,
+                pre,
+            },
+            outcome,
+        ))
+    }
+}
+
+/// `*.wasm` files directly inside `dir`, sorted by name. Hidden files are skipped (editors and
+/// atomic writers use them for temporaries).
+fn list_components(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        tracing::warn!(dir = %dir.display(), "Plugins directory is not readable; no tools are loaded from it.");
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "wasm")
+                && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                && p.is_file()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn read_component(path: &Path) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    if meta.len() > MAX_COMPONENT_BYTES {
+        return Err(format!("{} is {} bytes; the limit is {MAX_COMPONENT_BYTES}", path.display(), meta.len()));
+    }
+    std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_valid_tool_name;
+
+    #[test]
+    fn tool_names_follow_the_wire_contract() {
+        for ok in ["fleet.cluster.summary", "ab", "a_1.b"] {
+            assert!(is_valid_tool_name(ok), "{ok}");
+        }
+        let long = format!("a{}", "b".repeat(128));
+        for bad in ["a", "A.b", "1ab", "fleet-cluster", "fleet cluster", "", &long, "ä.b"] {
+            assert!(!is_valid_tool_name(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! The `tool` world on the host side: bindings, the per-call store state, the host interfaces
+//! (`query`, `log`) and one call of a tool.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::db::{self, Database, RowLimit};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "tool",
+    });
+}
+
+pub use bindings::sluice::plugin::query::{
+    Column as WitColumn, ColumnType as WitColumnType, QueryError as WitQueryError, QueryResult as WitQueryResult,
+    Value as WitValue,
+};
+pub use bindings::sluice::plugin::tool_types::{CallContext, ToolError, ToolInfo};
+pub use bindings::{Tool, ToolPre};
+
+use bindings::sluice::plugin::{log, query};
+
+/// Longest message a plugin may log; the rest is cut.
+const MAX_LOG_MESSAGE: usize = 4096;
+
+/// Everything one call's [`Store`] holds. Built fresh for every call and dropped after it.
+pub struct ToolState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    db: Database,
+    deadline: Instant,
+    plugin: Arc<str>,
+    request_id: String,
+}
+
+impl ToolState {
+    /// A store state granting nothing but the host interfaces: no preopened directories, no
+    /// environment, no arguments, no sockets, no name lookup, stdio closed.
+    pub fn new(db: Database, plugin: Arc<str>, request_id: String, memory_limit: usize, deadline: Instant) -> Self {
+        let wasi = WasiCtxBuilder::new()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }))
+            .build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(memory_limit)
+            .trap_on_grow_failure(true)
+            .build();
+        Self { wasi, table: ResourceTable::new(), limits, db, deadline, plugin, request_id }
+    }
+}
+
+impl WasiView for ToolState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// The linker every tool is instantiated with: WASI (as granted by [`ToolState::new`]) and the
+/// Sluice host interfaces.
+pub fn linker(engine: &Engine) -> anyhow::Result<Linker<ToolState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    Tool::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    Ok(linker)
+}
+
+/// A fresh store for one call, with its memory limit and epoch deadline.
+pub fn store(engine: &Engine, state: ToolState, deadline: Duration) -> Store<ToolState> {
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limits);
+    store.set_epoch_deadline(super::engine::SluiceEngine::ticks_for(deadline));
+    store.epoch_deadline_trap();
+    store
+}
+
+/// How a call failed, before it is mapped to an HTTP answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The call ran past its deadline.
+    #[error("tool ran past its deadline of {0:?}")]
+    Timeout(Duration),
+    /// The component returned a typed error.
+    #[error("tool error: {0:?}")]
+    Tool(ToolError),
+    /// The component trapped, hit its memory limit, or could not be instantiated.
+    #[error("tool failed: {0}")]
+    Trap(String),
+    /// No call slot became free before the deadline.
+    #[error("no free call slot within the deadline")]
+    Busy,
+}
+
+/// Classifies a wasmtime error from a call.
+pub fn classify(err: wasmtime::Error, deadline: Duration) -> CallError {
+    if matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+        return CallError::Timeout(deadline);
+    }
+    CallError::Trap(format!("{err:?}"))
+}
+
+impl query::Host for ToolState {
+    fn query(&mut self, sql: String, params: Vec<WitValue>) -> Result<WitQueryResult, WitQueryError> {
+        self.run(&sql, params, RowLimit::Cap)
+    }
+
+    fn query_at_most(
+        &mut self,
+        sql: String,
+        params: Vec<WitValue>,
+        max_rows: u32,
+    ) -> Result<WitQueryResult, WitQueryError> {
+        self.run(&sql, params, RowLimit::AtMost(u64::from(max_rows)))
+    }
+}
+
+impl ToolState {
+    fn run(&mut self, sql: &str, params: Vec<WitValue>, limit: RowLimit) -> Result<WitQueryResult, WitQueryError> {
+        let span = tracing::debug_span!("host_query", plugin = %self.plugin, req_id = %self.request_id);
+        let _enter = span.enter();
+        let params: Vec<db::Value> = params.into_iter().map(from_wit).collect();
+        match self.db.query_read_only(sql, &params, limit, Some(self.deadline)) {
+            Ok(r) => Ok(to_wit(r)),
+            Err(e) => {
+                tracing::debug!(error = %e, "Plugin query refused or failed.");
+                Err(match e {
+                    db::QueryError::NotReadOnly => WitQueryError::NotReadOnly,
+                    db::QueryError::Timeout => WitQueryError::Timeout,
+                    db::QueryError::ScopeDenied => WitQueryError::ScopeDenied,
+                    db::QueryError::InvalidSql(m) => WitQueryError::InvalidSql(m),
+                    db::QueryError::TooManyRows(n) => WitQueryError::TooManyRows(n),
+                    db::QueryError::InvalidParams(m) => WitQueryError::InvalidParams(m),
+                    db::QueryError::Internal(m) => {
+                        tracing::warn!(plugin = %self.plugin, req_id = %self.request_id, error = %m, "Database error in a plugin query.");
+                        WitQueryError::Internal("database error".into())
+                    }
+                })
+            }
+        }
+    }
+}
+
+impl log::Host for ToolState {
+    fn log(&mut self, level: log::Level, mut message: String) {
+        if message.len() > MAX_LOG_MESSAGE {
+            let mut cut = MAX_LOG_MESSAGE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        let (plugin, req_id) = (&*self.plugin, &self.request_id);
+        match level {
+            log::Level::Trace => tracing::trace!(target: "sluice::plugin", plugin, req_id, "{message}"),
+            log::Level::Debug => tracing::debug!(target: "sluice::plugin", plugin, req_id, "{message}"),
+            log::Level::Info => tracing::info!(target: "sluice::plugin", plugin, req_id, "{message}"),
+            log::Level::Warn => tracing::warn!(target: "sluice::plugin", plugin, req_id, "{message}"),
+            log::Level::Error => tracing::error!(target: "sluice::plugin", plugin, req_id, "{message}"),
+        }
+    }
+}
+
+impl bindings::sluice::plugin::tool_types::Host for ToolState {}
+
+fn from_wit(v: WitValue) -> db::Value {
+    match v {
+        WitValue::Null => db::Value::Null,
+        WitValue::Boolean(b) => db::Value::Boolean(b),
+        WitValue::Int64(i) => db::Value::Int64(i),
+        WitValue::Float64(f) => db::Value::Float64(f),
+        WitValue::Text(s) => db::Value::Text(s),
+        WitValue::Timestamp(t) => db::Value::Timestamp(t),
+        WitValue::Date(d) => db::Value::Date(d),
+        WitValue::Blob(b) => db::Value::Blob(b),
+    }
+}
+
+fn to_wit(r: db::QueryResult) -> WitQueryResult {
+    WitQueryResult {
+        columns: r
+            .columns
+            .into_iter()
+            .map(|(name, t)| WitColumn {
+                name,
+                type_: match t {
+                    db::ColumnType::Boolean => WitColumnType::Boolean,
+                    db::ColumnType::Int64 => WitColumnType::Int64,
+                    db::ColumnType::Float64 => WitColumnType::Float64,
+                    db::ColumnType::Text => WitColumnType::Text,
+                    db::ColumnType::Timestamp => WitColumnType::Timestamp,
+                    db::ColumnType::Date => WitColumnType::Date,
+                    db::ColumnType::Blob => WitColumnType::Blob,
+                    db::ColumnType::Other => WitColumnType::Other,
+                },
+            })
+            .collect(),
+        rows: r
+            .rows
+            .into_iter()
+            .map(|row| {
+                row.into_iter()
+                    .map(|v| match v {
+                        db::Value::Null => WitValue::Null,
+                        db::Value::Boolean(b) => WitValue::Boolean(b),
+                        db::Value::Int64(i) => WitValue::Int64(i),
+                        db::Value::Float64(f) => WitValue::Float64(f),
+                        db::Value::Text(s) => WitValue::Text(s),
+                        db::Value::Timestamp(t) => WitValue::Timestamp(t),
+                        db::Value::Date(d) => WitValue::Date(d),
+                        db::Value::Blob(b) => WitValue::Blob(b),
+                    })
+                    .collect()
+            })
+            .collect(),
+        truncated: r.truncated,
+    }
+}

@@ -1,0 +1,161 @@
+//! The real `sluice` binary: seed, serve, call over HTTP, reload on SIGHUP, stop on SIGTERM, and
+//! refuse unsafe listeners.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::{TempDir, component, versioned_component};
+
+/// The `sluice` binary cargo built next to this test binary.
+fn sluice_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let bin = dir.join("sluice");
+    assert!(bin.exists(), "{} not built; run the tests with `cargo test --workspace`", bin.display());
+    bin
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill").args([&format!("-{sig}"), &child.id().to_string()]).status().unwrap();
+    assert!(ok.success());
+}
+
+struct Server {
+    child: Child,
+    api: String,
+}
+
+impl Server {
+    fn start(dir: &TempDir, extra: &[&str]) -> Self {
+        let mut child = Command::new(sluice_bin())
+            .current_dir(dir.path())
+            .args(["serve", "--db", "fleet.duckdb", "--plugins", "plugins", "--insecure-no-tls"])
+            .args(["--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("SLUICE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.starts_with("sluice listening api=http://"), "unexpected first line: {line:?}");
+        let api = line.split_whitespace().nth(2).unwrap().trim_start_matches("api=").to_owned();
+        Self { child, api }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn seeds_serves_answers_reloads_on_sighup_and_stops_cleanly() {
+    let dir = TempDir::new("bin");
+    std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+    std::fs::copy(component("fleet-cluster-summary"), dir.path().join("plugins/fleet-cluster-summary.wasm")).unwrap();
+    std::fs::write(dir.path().join("sluice.toml"), "[plugins]\nwatch = false\n").unwrap();
+
+    let out = Command::new(sluice_bin())
+        .current_dir(dir.path())
+        .args(["demo", "seed", "--db", "fleet.duckdb", "--clusters", "2", "--nodes", "3", "--hours", "2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cluster-a, cluster-b"));
+
+    let mut server = Server::start(&dir, &["--config", "sluice.toml"]);
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/api/v2/tools/fleet.cluster.summary", server.api))
+        .json(&json!({"args": {"cluster_id": "cluster-a"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(id.len(), 16);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["result"]["rows"].as_array().unwrap().len(), 3);
+
+    // Watching is off in this config: a new file is picked up on SIGHUP.
+    std::fs::write(dir.path().join("plugins/v.wasm"), versioned_component("test.versioned", "7.0.0")).unwrap();
+    signal(&server.child, "HUP");
+    let started = Instant::now();
+    loop {
+        let list: Value = http.get(format!("{}/api/v2/tools/list", server.api)).send().await.unwrap().json().await.unwrap();
+        if list["tools"].as_array().unwrap().iter().any(|t| t["name"] == "test.versioned") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "SIGHUP did not reload: {list}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    signal(&server.child, "TERM");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "sluice did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[test]
+fn refuses_plain_http_without_the_flag_or_off_loopback() {
+    let dir = TempDir::new("refuse");
+    let out = Command::new(sluice_bin())
+        .current_dir(dir.path())
+        .args(["serve", "--db", "x.duckdb", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--insecure-no-tls"));
+
+    let out = Command::new(sluice_bin())
+        .current_dir(dir.path())
+        .args(["serve", "--db", "x.duckdb", "--insecure-no-tls", "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a loopback address"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn call_runs_a_tool_without_the_server() {
+    let dir = TempDir::new("call");
+    std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+    std::fs::copy(component("fleet-cluster-summary"), dir.path().join("plugins/s.wasm")).unwrap();
+    let seed = Command::new(sluice_bin())
+        .current_dir(dir.path())
+        .args(["demo", "seed", "--db", "f.duckdb", "--clusters", "1", "--nodes", "2", "--hours", "1"])
+        .output()
+        .unwrap();
+    assert!(seed.status.success());
+    let out = Command::new(sluice_bin())
+        .current_dir(dir.path())
+        .args(["call", "--db", "f.duckdb", "--plugins", "plugins", "fleet.cluster.summary", "--args", "{}"])
+        .env("SLUICE_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["rows"].as_array().unwrap().len(), 2);
+    assert_eq!(v["rows"][0]["health_samples"], 60);
+
+    let out = Command::new(sluice_bin())
+        .current_dir(dir.path())
+        .args(["call", "--db", "f.duckdb", "--plugins", "plugins", "fleet.cluster.summary", "--args", "{\"cluster_id\": 1}"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/cluster_id"));
+}

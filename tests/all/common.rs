@@ -1,0 +1,227 @@
+//! The test harness: scratch directories, component files, a gateway over a seeded database.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode};
+use http_body_util::BodyExt as _;
+use serde_json::Value;
+use sluice::config::{ByteSize, Config, HumanDuration, ToolOverride};
+use sluice::serve::Gateway;
+use tower::ServiceExt as _;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
+}
+
+/// A built component: `dist/plugins/<name>.wasm` or `dist/fixtures/<name>.wasm`.
+pub fn component(name: &str) -> PathBuf {
+    for dir in ["dist/plugins", "dist/fixtures"] {
+        let p = root().join(dir).join(format!("{name}.wasm"));
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("component {name}.wasm is not built: run `scripts/dev build` (or `scripts/dev test`) first");
+}
+
+/// A scratch directory, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "sluice-e2e-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("creating a scratch directory");
+        Self(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Finds `marker` in `bytes` exactly once and writes `payload` (NUL-padded to `len`) after it.
+pub fn patch_marker(bytes: &mut [u8], marker: &[u8; 8], payload: &str, len: usize) {
+    let hits: Vec<usize> = bytes.windows(8).enumerate().filter(|(_, w)| w == marker).map(|(i, _)| i).collect();
+    assert_eq!(hits.len(), 1, "marker {:?} must occur once in the fixture", String::from_utf8_lossy(marker));
+    assert!(payload.len() < len, "payload too long");
+    let at = hits[0] + 8;
+    bytes[at..at + len].fill(0);
+    bytes[at..at + payload.len()].copy_from_slice(payload.as_bytes());
+}
+
+/// The `versioned` fixture stamped with a tool name and a version.
+pub fn versioned_component(name: &str, version: &str) -> Vec<u8> {
+    let mut bytes = std::fs::read(component("versioned")).expect("reading the versioned fixture");
+    patch_marker(&mut bytes, b"@@NAME@@", name, 64);
+    patch_marker(&mut bytes, b"@@VERS@@", version, 32);
+    patch_marker(&mut bytes, b"@@VCHK@@", version, 32);
+    bytes
+}
+
+/// SHA-256 hex of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Options for a test gateway.
+pub struct GatewayOptions {
+    /// Components copied into the plugins directory, as (source, file name).
+    pub plugins: Vec<(PathBuf, String)>,
+    pub seed: bool,
+    pub watch: bool,
+    pub configure: Box<dyn FnOnce(&mut Config)>,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        Self {
+            plugins: vec![
+                (component("fleet-cluster-summary"), "fleet-cluster-summary.wasm".into()),
+                (component("fleet-cluster-run-analysis"), "fleet-cluster-run-analysis.wasm".into()),
+            ],
+            seed: true,
+            watch: false,
+            configure: Box::new(|_| {}),
+        }
+    }
+}
+
+impl GatewayOptions {
+    /// Adds the hostile fixture with a short deadline and a small memory limit.
+    pub fn with_hostile(mut self) -> Self {
+        self.plugins.push((component("hostile"), "hostile.wasm".into()));
+        let prev = self.configure;
+        self.configure = Box::new(move |c| {
+            prev(c);
+            c.plugins.tools.insert(
+                "test.hostile".into(),
+                ToolOverride {
+                    deadline: Some(HumanDuration(std::time::Duration::from_millis(700))),
+                    memory_limit: Some(ByteSize(16 << 20)),
+                },
+            );
+        });
+        self
+    }
+}
+
+/// A gateway over a scratch directory.
+pub struct TestGateway {
+    pub dir: TempDir,
+    pub gateway: Gateway,
+    pub config: Config,
+}
+
+/// Small demo fleet used by the tests: 3 clusters × 4 nodes × 3 h.
+pub fn seed_options() -> sluice::demo::SeedOptions {
+    sluice::demo::SeedOptions {
+        clusters: 3,
+        nodes_per_cluster: 4,
+        hours: 3,
+        seed: 7,
+        end_micros: Some(1_767_225_600_000_000),
+        progress: false,
+    }
+}
+
+impl TestGateway {
+    /// Must be called inside a tokio runtime when `watch` is set.
+    pub fn start(opts: GatewayOptions) -> Self {
+        let dir = TempDir::new("gw");
+        let plugins = dir.path().join("plugins");
+        std::fs::create_dir_all(&plugins).unwrap();
+        for (src, name) in &opts.plugins {
+            std::fs::copy(src, plugins.join(name)).expect("copying a component");
+        }
+        let mut config = Config::default();
+        config.database.path = dir.path().join("sluice.duckdb");
+        config.plugins.dir = plugins;
+        config.plugins.cache_dir = dir.path().join("cache");
+        config.plugins.watch = opts.watch;
+        config.server.insecure_no_tls = true;
+        (opts.configure)(&mut config);
+        if opts.seed {
+            let db = sluice::db::Database::open(config.database.to_options()).expect("opening the database");
+            sluice::demo::seed(&db, &seed_options()).expect("seeding");
+        }
+        let gateway = Gateway::build(&config).expect("building the gateway");
+        Self { dir, gateway, config }
+    }
+
+    pub fn plugins_dir(&self) -> PathBuf {
+        self.config.plugins.dir.clone()
+    }
+
+    /// One request through the full API router.
+    pub async fn request(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned())))
+            .unwrap();
+        let resp = self.gateway.api().oneshot(req).await.unwrap();
+        Reply::from(resp).await
+    }
+
+    /// `POST /api/v2/tools/<name>` with `{"args": args}`.
+    pub async fn call(&self, tool: &str, args: Value) -> Reply {
+        let body = serde_json::json!({ "args": args }).to_string();
+        self.request("POST", &format!("/api/v2/tools/{tool}"), Some(&body)).await
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Reply {
+    pub async fn from(resp: axum::response::Response) -> Self {
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Self { status, headers, body, text }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts an error reply: status, code, and the request id header's shape.
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status.as_u16(), status, "unexpected status; body: {}", self.text);
+        assert_eq!(self.body["code"], code, "unexpected code; body: {}", self.text);
+        assert!(self.body["error"].as_str().is_some_and(|e| !e.is_empty()), "error text missing: {}", self.text);
+        assert_request_id(self);
+    }
+}
+
+/// Every response carries a 16-lowercase-hex `X-Request-Id`.
+pub fn assert_request_id(r: &Reply) -> String {
+    let id = r.header("x-request-id").expect("X-Request-Id header").to_owned();
+    assert!(id.len() == 16 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "bad request id {id:?}");
+    id
+}

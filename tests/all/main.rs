@@ -1,0 +1,10 @@
+//! End-to-end tests: the real components (built by `scripts/dev build` into `dist/`), real DuckDB,
+//! the real router and, in `binary`, the real `sluice` binary.
+
+mod bad_input;
+mod binary;
+mod common;
+mod hostile;
+mod hot_swap;
+mod registry;
+mod tools;
