@@ -254,6 +254,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_example_file_documents_the_defaults() {
+        let example: Config = toml::from_str(include_str!("../../examples/sluice.toml")).unwrap();
+        example.validate().unwrap();
+        let d = Config::default();
+        assert_eq!(format!("{:?}", example.server), format!("{:?}", d.server));
+        assert_eq!(format!("{:?}", example.database), format!("{:?}", d.database));
+        let (e, d) = (&example.plugins, &d.plugins);
+        assert_eq!((&e.dir, &e.cache_dir, e.watch, e.memory_limit, e.deadline), (&d.dir, &d.cache_dir, d.watch, d.memory_limit, d.deadline));
+        assert_eq!(e.max_concurrent_calls, d.max_concurrent_calls);
+    }
+
+    #[test]
     fn parses_a_full_file_and_rejects_unknown_keys() {
         let c: Config = toml::from_str(
             r#"

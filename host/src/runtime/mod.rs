@@ -166,6 +166,21 @@ impl Runtime {
         result.map(|json| CallOutput { json, tool })
     }
 
+    /// Instantiates a tool in a fresh store without calling it: what every call pays before the
+    /// guest runs. Used by the `tool_call` benchmark to split the cost of a call.
+    pub fn instantiate_only(&self, tool: &LoadedTool) -> Result<(), CallError> {
+        let deadline = Instant::now() + tool.deadline;
+        let state = ToolState::new(
+            self.db.clone(),
+            Arc::from(tool.name.as_str()),
+            String::new(),
+            tool.memory_limit,
+            deadline,
+        );
+        let mut store = tools::store(self.engine.engine(), state, tool.deadline);
+        tool.pre.instantiate(&mut store).map(drop).map_err(|e| tools::classify(e, tool.deadline))
+    }
+
     fn metrics_reloaded(&self, report: &ReloadReport) {
         self.metrics.plugin_reloads(report.loaded.len() as u64, report.failed.len() as u64);
     }
