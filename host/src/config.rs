@@ -22,6 +22,99 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// Tool components.
     pub plugins: PluginsConfig,
+    /// Bearer authentication.
+    pub auth: AuthConfig,
+    /// Per-bearer request limits.
+    pub rate_limit: RateLimitConfig,
+    /// In-flight caps.
+    pub limits: LimitsConfig,
+    /// Graceful shutdown.
+    pub drain: DrainConfig,
+    /// The audit log.
+    pub audit: AuditConfig,
+}
+
+/// `[auth]`: exactly one of `bearer_acl_file` and `token_file`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// YAML or JSON list of `{key_name, token | token_sha256, allowed_clusters}`; watched.
+    pub bearer_acl_file: Option<PathBuf>,
+    /// A file holding one token (all clusters); watched.
+    pub token_file: Option<PathBuf>,
+    /// How long a token removed from the file keeps working.
+    pub rotation_grace: HumanDuration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            bearer_acl_file: None,
+            token_file: None,
+            rotation_grace: HumanDuration(crate::auth::DEFAULT_ROTATION_GRACE),
+        }
+    }
+}
+
+/// `[rate_limit]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Sustained requests per second per bearer.
+    pub requests_per_second: u32,
+    /// Requests a bearer may make at once after being idle.
+    pub burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self { requests_per_second: crate::ratelimit::DEFAULT_RPS, burst: crate::ratelimit::DEFAULT_BURST }
+    }
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Requests of one bearer in flight at once; more get 429 `in_flight_cap`.
+    pub max_in_flight_per_bearer: usize,
+    /// Requests in flight in the process; more get 503 `in_flight_cap`.
+    pub max_in_flight: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { max_in_flight_per_bearer: 64, max_in_flight: 1024 }
+    }
+}
+
+/// `[drain]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrainConfig {
+    /// After SIGTERM, how long in-flight requests may run before their plugin calls and DuckDB
+    /// queries are cancelled.
+    pub shutdown_deadline: HumanDuration,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        Self { shutdown_deadline: HumanDuration(crate::drain::DEFAULT_SHUTDOWN_DEADLINE) }
+    }
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// `stderr`, or a file path to append JSON lines to.
+    pub destination: String,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { destination: "stderr".into() }
+    }
 }
 
 /// `[server]`
@@ -157,6 +250,14 @@ impl Config {
             "plugins.memory_limit must be at least 1MiB"
         );
         anyhow::ensure!(!self.plugins.deadline.0.is_zero(), "plugins.deadline must be more than 0s");
+        anyhow::ensure!(
+            !(self.auth.bearer_acl_file.is_some() && self.auth.token_file.is_some()),
+            "auth.bearer_acl_file and auth.token_file are exclusive; configure one"
+        );
+        anyhow::ensure!(self.rate_limit.requests_per_second >= 1, "rate_limit.requests_per_second must be at least 1");
+        anyhow::ensure!(self.rate_limit.burst >= 1, "rate_limit.burst must be at least 1");
+        anyhow::ensure!(self.limits.max_in_flight_per_bearer >= 1, "limits.max_in_flight_per_bearer must be at least 1");
+        anyhow::ensure!(self.limits.max_in_flight >= 1, "limits.max_in_flight must be at least 1");
         for (file, digest) in &self.plugins.pinned {
             anyhow::ensure!(
                 digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()),

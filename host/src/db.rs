@@ -201,7 +201,7 @@ impl Database {
         if let Some(d) = deadline {
             until = until.min(d);
         }
-        if until <= now {
+        if until <= now || self.inner.watchdog.all_fired() {
             return Err(QueryError::Timeout);
         }
         let conn = self.borrow_reader(until)?;
@@ -215,6 +215,11 @@ impl Database {
             Err(_) if fired => Err(QueryError::Timeout),
             other => other,
         }
+    }
+
+    /// Interrupts every running read-only query and fails new ones: the end of a drain.
+    pub fn interrupt_all(&self) {
+        self.inner.watchdog.fire_all();
     }
 
     fn borrow_reader(&self, until: Instant) -> Result<Connection, QueryError> {
@@ -427,6 +432,8 @@ struct Watchdog {
 struct WatchState {
     armed: BTreeMap<(Instant, u64), Arc<InterruptHandle>>,
     fired: std::collections::HashSet<u64>,
+    /// Set by `fire_all`: every query from now on is interrupted at once.
+    all: bool,
 }
 
 struct Armed<'a> {
@@ -471,11 +478,31 @@ impl Watchdog {
     }
 
     fn arm(&self, until: Instant, handle: Arc<InterruptHandle>) -> Armed<'_> {
-        let key = (until, NEXT_ARM.fetch_add(1, Ordering::Relaxed));
         let (lock, cv) = &*self.shared;
-        lock.lock().unwrap_or_else(|p| p.into_inner()).armed.insert(key, handle);
+        let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
+        // After `fire_all`, arm with a deadline in the past: the watchdog interrupts at once.
+        let until = if st.all { Instant::now() } else { until };
+        let key = (until, NEXT_ARM.fetch_add(1, Ordering::Relaxed));
+        st.armed.insert(key, handle);
+        drop(st);
         cv.notify_one();
         Armed { watchdog: self, key }
+    }
+
+    fn all_fired(&self) -> bool {
+        self.shared.0.lock().unwrap_or_else(|p| p.into_inner()).all
+    }
+
+    fn fire_all(&self) {
+        let (lock, cv) = &*self.shared;
+        let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
+        st.all = true;
+        for (key, handle) in std::mem::take(&mut st.armed) {
+            handle.interrupt();
+            st.fired.insert(key.1);
+        }
+        drop(st);
+        cv.notify_one();
     }
 }
 

@@ -4,13 +4,18 @@
 //! - [`db`]: the DuckDB database and its read-only query path.
 //! - [`runtime`]: the wasmtime engine, the hot-swappable tool registry and tool calls.
 //! - [`http`]: the API and health routers.
+//! - [`auth`], [`ratelimit`], [`drain`], [`audit`]: the front door.
 //! - [`serve`]: wiring it together for `sluice serve`.
 //! - [`demo`]: synthetic fleet data.
 
+pub mod audit;
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod demo;
+pub mod drain;
 pub mod http;
 pub mod metrics;
+pub mod ratelimit;
 pub mod runtime;
 pub mod serve;

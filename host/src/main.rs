@@ -52,6 +52,12 @@ struct ServeArgs {
     /// Serve plain HTTP (loopback addresses only).
     #[arg(long)]
     insecure_no_tls: bool,
+    /// Bearer ACL file: a YAML or JSON list of {key_name, token | token_sha256, allowed_clusters}.
+    #[arg(long)]
+    bearer_acl_file: Option<PathBuf>,
+    /// A file holding a single bearer token (all clusters).
+    #[arg(long)]
+    auth_token_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -128,6 +134,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.server.health_listen = l;
             }
             config.server.insecure_no_tls |= a.insecure_no_tls;
+            if let Some(p) = a.bearer_acl_file {
+                config.auth.bearer_acl_file = Some(p);
+                config.auth.token_file = None;
+            }
+            if let Some(p) = a.auth_token_file {
+                config.auth.token_file = Some(p);
+                config.auth.bearer_acl_file = None;
+            }
             config.validate()?;
             tokio::runtime::Runtime::new()
                 .context("starting the async runtime")?

@@ -18,6 +18,8 @@ pub struct Metrics {
     plugin_calls: IntCounterVec,
     plugin_duration: HistogramVec,
     plugin_reloads: IntCounterVec,
+    auth_failures: IntCounterVec,
+    rate_limited: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -61,13 +63,35 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
-        for c in [&http_requests, &plugin_calls, &plugin_reloads] {
+        let auth_failures = IntCounterVec::new(
+            Opts::new("sluice_auth_failures_total", "Requests refused by auth, by reason (missing_bearer, invalid_bearer)."),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "sluice_rate_limited_total",
+                "Requests refused by a limit (rate_limited, in_flight_bearer, in_flight_process, versions_ip).",
+            ),
+            &["limit"],
+        )
+        .expect("valid metric");
+        for c in [&http_requests, &plugin_calls, &plugin_reloads, &auth_failures, &rate_limited] {
             registry.register(Box::new(c.clone())).expect("unique metric");
         }
         for h in [&http_duration, &plugin_duration] {
             registry.register(Box::new(h.clone())).expect("unique metric");
         }
-        Self { registry, http_requests, http_duration, plugin_calls, plugin_duration, plugin_reloads }
+        Self {
+            registry,
+            http_requests,
+            http_duration,
+            plugin_calls,
+            plugin_duration,
+            plugin_reloads,
+            auth_failures,
+            rate_limited,
+        }
     }
 
     /// Records one HTTP request.
@@ -91,9 +115,20 @@ impl Metrics {
             Some(CallError::Timeout(_)) => "timeout",
             Some(CallError::Trap(_)) => "trap",
             Some(CallError::Busy) => "busy",
+            Some(CallError::Cancelled) => "cancelled",
         };
         self.plugin_calls.with_label_values(&[plugin, outcome]).inc();
         self.plugin_duration.with_label_values(&[plugin]).observe(elapsed.as_secs_f64());
+    }
+
+    /// Records a request refused by auth. `reason` is one of a fixed set.
+    pub fn auth_failure(&self, reason: &'static str) {
+        self.auth_failures.with_label_values(&[reason]).inc();
+    }
+
+    /// Records a request refused by a limit. `limit` is one of a fixed set.
+    pub fn rate_limited(&self, limit: &'static str) {
+        self.rate_limited.with_label_values(&[limit]).inc();
     }
 
     /// Records the outcome of a reload.

@@ -7,29 +7,74 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
+use crate::audit::{AuditEvent, AuditLog};
+use crate::auth::{AuthSource, AuthStore};
 use crate::config::Config;
 use crate::db::Database;
+use crate::drain::Drain;
 use crate::http::{AppState, api_router, health_router};
 use crate::metrics::Metrics;
+use crate::ratelimit::{LimitSettings, Limiter};
 use crate::runtime::Runtime;
 
 /// Everything a running gateway is made of, for `serve` and for tests that drive the router.
 pub struct Gateway {
     pub state: AppState,
-    /// Keeps the plugins directory watched while alive.
-    pub watcher: Option<notify::RecommendedWatcher>,
+    /// Keep the plugins directory and the bearer file watched while alive.
+    pub watchers: Vec<notify::RecommendedWatcher>,
+}
+
+/// The bearer source the configuration names.
+pub fn auth_source(config: &Config) -> anyhow::Result<AuthSource> {
+    match (&config.auth.bearer_acl_file, &config.auth.token_file) {
+        (Some(acl), None) => Ok(AuthSource::AclFile(acl.clone())),
+        (None, Some(token)) => Ok(AuthSource::TokenFile(token.clone())),
+        (None, None) => anyhow::bail!(
+            "no bearer is configured: every /api/v2 request needs one. Pass --auth-token-file FILE (one \
+             token, all clusters) or --bearer-acl-file FILE (a YAML/JSON list of {{key_name, token | \
+             token_sha256, allowed_clusters}}), or set them under [auth] in sluice.toml"
+        ),
+        (Some(_), Some(_)) => anyhow::bail!("--bearer-acl-file and --auth-token-file are exclusive; pass one"),
+    }
+}
+
+/// The audit log the configuration names.
+pub fn audit_log(config: &Config) -> anyhow::Result<AuditLog> {
+    match config.audit.destination.as_str() {
+        "stderr" | "" => Ok(AuditLog::stderr()),
+        path => AuditLog::file(std::path::Path::new(path)),
+    }
 }
 
 impl Gateway {
-    /// Opens the database and loads the plugins. Call inside a tokio runtime when
-    /// `config.plugins.watch` is set.
-    pub fn build(config: &Config) -> anyhow::Result<Self> {
+    /// Opens the database, loads the bearers and the plugins. Call inside a tokio runtime when
+    /// anything is watched.
+    pub fn build(config: &Config, auth: AuthSource, audit: AuditLog) -> anyhow::Result<Self> {
         let db = Database::open(config.database.to_options())?;
         let metrics = Metrics::new();
+        let auth = AuthStore::new(auth, config.auth.rotation_grace.0, audit.clone())?;
         let runtime = Runtime::new(config.plugins.clone(), db, metrics.clone())?;
-        let watcher = if config.plugins.watch { Some(runtime.watch()?) } else { None };
-        let state = AppState { runtime, metrics, max_body: config.server.max_body.0 };
-        Ok(Self { state, watcher })
+        let mut watchers = Vec::new();
+        if config.plugins.watch {
+            watchers.push(runtime.watch()?);
+        }
+        watchers.extend(auth.watch()?);
+        let limiter = Arc::new(Limiter::new(LimitSettings {
+            requests_per_second: config.rate_limit.requests_per_second,
+            burst: config.rate_limit.burst,
+            max_in_flight_per_bearer: config.limits.max_in_flight_per_bearer,
+            max_in_flight: config.limits.max_in_flight,
+        }));
+        let state = AppState {
+            runtime,
+            metrics,
+            auth,
+            limiter,
+            drain: Arc::new(Drain::default()),
+            audit,
+            max_body: config.server.max_body.0,
+        };
+        Ok(Self { state, watchers })
     }
 
     /// The API router with its body limit.
@@ -67,7 +112,8 @@ pub fn check_listen_policy(config: &Config) -> anyhow::Result<()> {
 /// Serves until SIGTERM or SIGINT, then finishes in-flight requests and returns.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     check_listen_policy(&config)?;
-    let gateway = Gateway::build(&config)?;
+    let audit = audit_log(&config)?;
+    let gateway = Gateway::build(&config, auth_source(&config)?, audit.clone())?;
     let api_listener = bind(config.server.listen, "--listen").await?;
     let health_listener = bind(config.server.health_listen, "--health-listen").await?;
     let api_addr = api_listener.local_addr()?;
@@ -83,10 +129,25 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let api = axum::serve(api_listener, gateway.api().into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(wait_for(stop_rx.clone()));
-    let health = axum::serve(health_listener, health_router()).with_graceful_shutdown(wait_for(stop_rx));
+    let health = axum::serve(health_listener, health_router(gateway.state.drain.clone()))
+        .with_graceful_shutdown(wait_for(stop_rx));
+    let deadline = config.drain.shutdown_deadline.0;
+    let (drain, runtime) = (gateway.state.drain.clone(), gateway.runtime().clone());
     let signal = async move {
         shutdown_signal().await;
-        tracing::info!("Shutdown requested; finishing in-flight requests.");
+        // Readiness fails and new requests get 503 from here on; the listeners stay open so
+        // clients get an answer rather than a refused connection.
+        drain.start();
+        let in_flight = drain.in_flight();
+        audit.record(AuditEvent::new("drain_start").with("in_flight", in_flight).with("deadline_ms", deadline.as_millis() as u64));
+        tracing::info!(in_flight, ?deadline, "Shutdown requested; draining.");
+        let clean = drain.wait_idle(deadline).await;
+        if !clean {
+            tracing::warn!(in_flight = drain.in_flight(), "Shutdown deadline reached; cancelling plugin calls and DuckDB queries.");
+            runtime.cancel_all();
+            drain.wait_idle(CANCEL_GRACE).await;
+        }
+        audit.record(AuditEvent::new("drain_end").with("clean", clean).with("in_flight", drain.in_flight()));
         let _ = stop_tx.send(true);
     };
     let (a, h, ()) = tokio::join!(api.into_future(), health.into_future(), signal);
@@ -95,6 +156,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!("Sluice stopped.");
     Ok(())
 }
+
+/// After cancelling at the deadline, how long the cancelled requests get to answer.
+const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| match addr.port() {

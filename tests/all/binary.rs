@@ -10,6 +10,8 @@ use serde_json::{Value, json};
 
 use crate::common::{TempDir, component, versioned_component};
 
+const TOKEN: &str = "binary-test-token-5f2c";
+
 /// The `sluice` binary cargo built next to this test binary.
 fn sluice_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -33,7 +35,7 @@ impl Server {
     fn start(dir: &TempDir, extra: &[&str]) -> Self {
         let mut child = Command::new(sluice_bin())
             .current_dir(dir.path())
-            .args(["serve", "--db", "fleet.duckdb", "--plugins", "plugins", "--insecure-no-tls"])
+            .args(["serve", "--db", "fleet.duckdb", "--plugins", "plugins", "--insecure-no-tls", "--auth-token-file", "token"])
             .args(["--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0"])
             .args(extra)
             .env("SLUICE_LOG", "warn")
@@ -61,6 +63,7 @@ async fn seeds_serves_answers_reloads_on_sighup_and_stops_cleanly() {
     std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
     std::fs::copy(component("fleet-cluster-summary"), dir.path().join("plugins/fleet-cluster-summary.wasm")).unwrap();
     std::fs::write(dir.path().join("sluice.toml"), "[plugins]\nwatch = false\n").unwrap();
+    std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
 
     let out = Command::new(sluice_bin())
         .current_dir(dir.path())
@@ -74,6 +77,7 @@ async fn seeds_serves_answers_reloads_on_sighup_and_stops_cleanly() {
     let http = reqwest::Client::new();
     let r = http
         .post(format!("{}/api/v2/tools/fleet.cluster.summary", server.api))
+        .bearer_auth(TOKEN)
         .json(&json!({"args": {"cluster_id": "cluster-a"}}))
         .send()
         .await
@@ -89,7 +93,8 @@ async fn seeds_serves_answers_reloads_on_sighup_and_stops_cleanly() {
     signal(&server.child, "HUP");
     let started = Instant::now();
     loop {
-        let list: Value = http.get(format!("{}/api/v2/tools/list", server.api)).send().await.unwrap().json().await.unwrap();
+        let list: Value =
+            http.get(format!("{}/api/v2/tools/list", server.api)).bearer_auth(TOKEN).send().await.unwrap().json().await.unwrap();
         if list["tools"].as_array().unwrap().iter().any(|t| t["name"] == "test.versioned") {
             break;
         }
@@ -122,7 +127,7 @@ fn refuses_plain_http_without_the_flag_or_off_loopback() {
 
     let out = Command::new(sluice_bin())
         .current_dir(dir.path())
-        .args(["serve", "--db", "x.duckdb", "--insecure-no-tls", "--listen", "0.0.0.0:0"])
+        .args(["serve", "--db", "x.duckdb", "--insecure-no-tls", "--listen", "0.0.0.0:0", "--auth-token-file", "t"])
         .output()
         .unwrap();
     assert!(!out.status.success());

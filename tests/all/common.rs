@@ -79,6 +79,29 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
+/// The unscoped bearer every test gateway accepts.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// A bearer limited to `cluster-a`.
+pub const TENANT_TOKEN: &str = "test-tenant-token-abcdefgh";
+
+/// The bearers of a test gateway.
+pub fn test_bearers() -> Vec<sluice::auth::AclEntry> {
+    vec![
+        sluice::auth::AclEntry {
+            key_name: "ops".into(),
+            token: Some(ADMIN_TOKEN.into()),
+            token_sha256: None,
+            allowed_clusters: vec![],
+        },
+        sluice::auth::AclEntry {
+            key_name: "tenant-a".into(),
+            token: Some(TENANT_TOKEN.into()),
+            token_sha256: None,
+            allowed_clusters: vec!["cluster-a".into()],
+        },
+    ]
+}
+
 /// Options for a test gateway.
 pub struct GatewayOptions {
     /// Components copied into the plugins directory, as (source, file name).
@@ -86,6 +109,8 @@ pub struct GatewayOptions {
     pub seed: bool,
     pub watch: bool,
     pub configure: Box<dyn FnOnce(&mut Config)>,
+    /// Bearers; `None` means [`test_bearers`].
+    pub auth: Option<sluice::auth::AuthSource>,
 }
 
 impl Default for GatewayOptions {
@@ -98,6 +123,7 @@ impl Default for GatewayOptions {
             seed: true,
             watch: false,
             configure: Box::new(|_| {}),
+            auth: None,
         }
     }
 }
@@ -126,6 +152,8 @@ pub struct TestGateway {
     pub dir: TempDir,
     pub gateway: Gateway,
     pub config: Config,
+    /// Every audit line written so far.
+    pub audit: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
 }
 
 /// Small demo fleet used by the tests: 3 clusters × 4 nodes × 3 h.
@@ -155,35 +183,54 @@ impl TestGateway {
         config.plugins.cache_dir = dir.path().join("cache");
         config.plugins.watch = opts.watch;
         config.server.insecure_no_tls = true;
+        // Load tests must not trip the limits; the limit tests set their own.
+        config.rate_limit.requests_per_second = 1_000_000;
+        config.rate_limit.burst = 1_000_000;
         (opts.configure)(&mut config);
         if opts.seed {
             let db = sluice::db::Database::open(config.database.to_options()).expect("opening the database");
             sluice::demo::seed(&db, &seed_options()).expect("seeding");
         }
-        let gateway = Gateway::build(&config).expect("building the gateway");
-        Self { dir, gateway, config }
+        let (audit_log, audit) = sluice::audit::AuditLog::memory();
+        let auth = opts.auth.unwrap_or_else(|| sluice::auth::AuthSource::Static(test_bearers()));
+        let gateway = Gateway::build(&config, auth, audit_log).expect("building the gateway");
+        Self { dir, gateway, config, audit }
+    }
+
+    /// Audit lines with this `event`.
+    pub fn audit_lines(&self, event: &str) -> Vec<Value> {
+        self.audit.lock().unwrap().iter().filter(|l| l["event"] == event).cloned().collect()
     }
 
     pub fn plugins_dir(&self) -> PathBuf {
         self.config.plugins.dir.clone()
     }
 
-    /// One request through the full API router.
+    /// One request through the full API router, as the admin bearer.
     pub async fn request(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("content-type", "application/json")
-            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned())))
-            .unwrap();
+        self.request_with(Some(&format!("Bearer {ADMIN_TOKEN}")), method, path, body).await
+    }
+
+    /// One request with this `Authorization` header (or none).
+    pub async fn request_with(&self, authorization: Option<&str>, method: &str, path: &str, body: Option<&str>) -> Reply {
+        let mut req = Request::builder().method(method).uri(path).header("content-type", "application/json");
+        if let Some(a) = authorization {
+            req = req.header("authorization", a);
+        }
+        let req = req.body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned()))).unwrap();
         let resp = self.gateway.api().oneshot(req).await.unwrap();
         Reply::from(resp).await
     }
 
-    /// `POST /api/v2/tools/<name>` with `{"args": args}`.
+    /// `POST /api/v2/tools/<name>` with `{"args": args}`, as the admin bearer.
     pub async fn call(&self, tool: &str, args: Value) -> Reply {
+        self.call_as(ADMIN_TOKEN, tool, args).await
+    }
+
+    /// The same as `token`.
+    pub async fn call_as(&self, token: &str, tool: &str, args: Value) -> Reply {
         let body = serde_json::json!({ "args": args }).to_string();
-        self.request("POST", &format!("/api/v2/tools/{tool}"), Some(&body)).await
+        self.request_with(Some(&format!("Bearer {token}")), "POST", &format!("/api/v2/tools/{tool}"), Some(&body)).await
     }
 }
 

@@ -4,6 +4,7 @@
 mod bad_input;
 mod binary;
 mod common;
+mod front_door;
 mod hostile;
 mod hot_swap;
 mod registry;

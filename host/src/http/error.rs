@@ -16,6 +16,12 @@ pub enum ApiError {
     /// pointer of the failing value.
     #[error("{message}")]
     InvalidArgs { message: String, path: String },
+    /// 401 `missing_bearer`: no or ill-formed `Authorization: Bearer`.
+    #[error("missing or ill-formed Authorization: Bearer header")]
+    MissingBearer,
+    /// 401 `invalid_bearer`: unknown or expired token.
+    #[error("unknown or expired bearer token")]
+    InvalidBearer,
     /// 400 `sql_not_read_only`.
     #[error("{0}")]
     SqlNotReadOnly(String),
@@ -37,9 +43,15 @@ pub enum ApiError {
     /// 500 `tool_backend_failure`. `detail` is logged, never sent.
     #[error("tool backend failure")]
     ToolBackendFailure { tool: String, req_id: String, detail: String },
-    /// 503 `in_flight_cap`.
-    #[error("too many tool calls in flight; retry shortly")]
-    InFlightCap,
+    /// 429 `rate_limited`, with `Retry-After`.
+    #[error("rate limit exceeded; retry after {0} s")]
+    RateLimited(u64),
+    /// 429 (this bearer) or 503 (the process) `in_flight_cap`.
+    #[error("too many requests in flight; retry shortly")]
+    InFlightCap { per_bearer: bool },
+    /// 503 `shutting_down`, with `Retry-After: 5`.
+    #[error("the gateway is shutting down; retry on another instance")]
+    ShuttingDown,
     /// 504 `tool_timeout`.
     #[error("tool {tool} ran past its deadline of {deadline_ms} ms")]
     ToolTimeout { tool: String, deadline_ms: u64 },
@@ -50,12 +62,14 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::InvalidRequest(_) | Self::InvalidArgs { .. } | Self::SqlNotReadOnly(_) => StatusCode::BAD_REQUEST,
+            Self::MissingBearer | Self::InvalidBearer => StatusCode::UNAUTHORIZED,
+            Self::RateLimited(_) | Self::InFlightCap { per_bearer: true } => StatusCode::TOO_MANY_REQUESTS,
+            Self::ShuttingDown | Self::InFlightCap { per_bearer: false } => StatusCode::SERVICE_UNAVAILABLE,
             Self::TenantScopeRefused(_) => StatusCode::FORBIDDEN,
             Self::ToolNotFound(_) | Self::NotFound => StatusCode::NOT_FOUND,
             Self::Gone => StatusCode::GONE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::ToolBackendFailure { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::InFlightCap => StatusCode::SERVICE_UNAVAILABLE,
             Self::ToolTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -72,7 +86,11 @@ impl ApiError {
             Self::Gone => "gone",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::ToolBackendFailure { .. } => "tool_backend_failure",
-            Self::InFlightCap => "in_flight_cap",
+            Self::InFlightCap { .. } => "in_flight_cap",
+            Self::MissingBearer => "missing_bearer",
+            Self::InvalidBearer => "invalid_bearer",
+            Self::RateLimited(_) => "rate_limited",
+            Self::ShuttingDown => "shutting_down",
             Self::ToolTimeout { .. } => "tool_timeout",
         }
     }
@@ -90,6 +108,7 @@ impl ApiError {
             }),
             Self::ToolBackendFailure { tool, req_id, .. } => json!({ "tool": tool, "req_id": req_id }),
             Self::ToolTimeout { tool, deadline_ms } => json!({ "tool": tool, "deadline_ms": deadline_ms }),
+            Self::RateLimited(secs) => json!({ "retry_after": secs }),
             _ => Value::Null,
         };
         if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
@@ -101,13 +120,24 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let Self::ToolBackendFailure { tool, req_id, detail } = &self {
-            // The full error goes to the log under the request id; the client gets a scrubbed body.
-            tracing::error!(target: "sluice::audit", event = "tool_backend_failure", req_id = %req_id, tool = %tool, error = %detail, "Tool backend failure.");
-        }
+        // The full text of a backend failure is written to the audit log by the handler that
+        // knows the caller; the client only ever gets the scrubbed body.
         let mut resp = (self.status(), Json(self.body())).into_response();
-        if let Self::InFlightCap = self {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let h = resp.headers_mut();
+        match &self {
+            Self::MissingBearer | Self::InvalidBearer => {
+                h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
+            }
+            Self::RateLimited(secs) => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+            }
+            Self::InFlightCap { .. } => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Self::ShuttingDown => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            _ => {}
         }
         resp
     }

@@ -1,15 +1,20 @@
-//! The HTTP surface: the API router (`/api/*`) and the health router (`/healthz`, `/readyz`).
+//! The HTTP surface: the API router (`/api/*`, `/metrics`) and the health router (`/healthz`,
+//! `/readyz`).
+//!
+//! Layers, outermost first: drain gate → request id + metrics → auth → per-bearer limits →
+//! routes. `/api/versions` and `/api/v1/*` are public; everything else needs a bearer.
 
 pub mod error;
 mod tools;
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderName, HeaderValue};
+use axum::extract::{ConnectInfo, Extension, MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -17,7 +22,11 @@ use serde_json::json;
 
 pub use error::ApiError;
 
+use crate::audit::{AuditEvent, AuditLog};
+use crate::auth::{AuthStore, Identity};
+use crate::drain::Drain;
 use crate::metrics::Metrics;
+use crate::ratelimit::{Limiter, Rejection};
 use crate::runtime::Runtime;
 
 /// Where `/api/v1` callers are sent.
@@ -31,11 +40,15 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub struct AppState {
     pub runtime: Arc<Runtime>,
     pub metrics: Metrics,
+    pub auth: Arc<AuthStore>,
+    pub limiter: Arc<Limiter>,
+    pub drain: Arc<Drain>,
+    pub audit: AuditLog,
     /// Largest request body.
     pub max_body: usize,
 }
 
-/// The request's id: 16 lowercase hex characters, also in every log line about the request.
+/// The request's id: 16 lowercase hex characters, also in every log and audit line about it.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
@@ -52,27 +65,85 @@ impl RequestId {
     }
 }
 
+/// The authenticated caller of a request, for handlers and audit lines.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub req_id: String,
+    pub identity: Arc<Identity>,
+    pub source_ip: Option<IpAddr>,
+}
+
+impl Caller {
+    /// An audit event pre-filled with who, from where and which request.
+    pub fn audit(&self, event: &'static str) -> AuditEvent {
+        AuditEvent {
+            req_id: Some(self.req_id.clone()),
+            bearer_hash: Some(self.identity.bearer_hash.clone()),
+            bearer_key_name: Some(self.identity.key_name.clone()),
+            source_ip: self.source_ip,
+            ..AuditEvent::new(event)
+        }
+    }
+}
+
 /// The API router: everything on the API listener.
 pub fn api_router(state: AppState) -> Router {
-    Router::new()
-        .route("/api/versions", get(versions))
+    let protected = Router::new()
         .route("/api/v2/health", get(health))
+        .route("/api/v2/whoami", get(whoami))
         .route("/api/v2/tools/list", get(tools::list))
         .route("/api/v2/tools/{name}", post(tools::call))
         .route("/api/v2/admin/plugins", get(tools::plugins))
         .route("/api/v2/admin/plugins/reload", post(tools::reload))
-        .route("/api/v1", any(gone))
-        .route("/api/v1/{*rest}", any(gone))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), limits))
+        .layer(middleware::from_fn_with_state(state.clone(), auth));
+    let public = Router::new()
+        .route("/api/versions", get(versions))
+        .route("/api/v1", any(gone))
+        .route("/api/v1/{*rest}", any(gone));
+    public
+        .merge(protected)
         .layer(middleware::from_fn_with_state(state.clone(), request_id_and_metrics))
+        .layer(middleware::from_fn_with_state(state.clone(), drain_gate))
         .with_state(state)
 }
 
-/// The health router: liveness and readiness, no auth.
-pub fn health_router() -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(|| async { axum::Json(json!({"ready": true})) }))
+/// The health router: liveness and readiness, no auth. Readiness fails once draining starts.
+pub fn health_router(drain: Arc<Drain>) -> Router {
+    Router::new().route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) })).route(
+        "/readyz",
+        get(move || async move {
+            if drain.is_draining() {
+                (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"ready": false, "reason": "shutting_down"})))
+            } else {
+                (StatusCode::OK, axum::Json(json!({"ready": true})))
+            }
+        }),
+    )
+}
+
+fn source_ip(req: &Request) -> Option<IpAddr> {
+    req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
+}
+
+fn set_request_id(resp: &mut Response, id: &str) {
+    resp.headers_mut()
+        .insert(X_REQUEST_ID.clone(), HeaderValue::from_str(id).expect("hex is a valid header value"));
+}
+
+/// Outermost: once draining, every new request gets 503 `shutting_down`; requests admitted
+/// before run to completion and are counted so the drain can wait for them.
+async fn drain_gate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    match state.drain.enter() {
+        Some(_in_flight) => next.run(req).await,
+        None => {
+            let mut resp = ApiError::ShuttingDown.into_response();
+            set_request_id(&mut resp, &RequestId::generate().0);
+            resp
+        }
+    }
 }
 
 /// Gives every request an id (extension + `X-Request-Id` on the response) and records the
@@ -80,25 +151,82 @@ pub fn health_router() -> Router {
 async fn request_id_and_metrics(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = RequestId::generate();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_owned();
-    let method = req.method().as_str().to_owned();
+    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
+    let method = match req.method().as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        "PATCH" => "PATCH",
+        _ => "other",
+    };
     req.extensions_mut().insert(id.clone());
     let mut resp = next.run(req).await;
-    resp.headers_mut()
-        .insert(X_REQUEST_ID.clone(), HeaderValue::from_str(&id.0).expect("hex is a valid header value"));
-    let method = match method.as_str() {
-        "GET" | "POST" | "PUT" | "DELETE" | "HEAD" | "OPTIONS" | "PATCH" => method,
-        _ => "other".to_owned(),
-    };
-    state.metrics.http_request(&route, &method, resp.status().as_u16(), started.elapsed());
+    set_request_id(&mut resp, &id.0);
+    state.metrics.http_request(&route, method, resp.status().as_u16(), started.elapsed());
     resp
 }
 
-async fn versions() -> impl IntoResponse {
+/// `Authorization: Bearer <token>` → [`Caller`], or 401.
+async fn auth(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let req_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
+    let ip = source_ip(&req);
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
+        .filter(|t| !t.is_empty());
+    let result = match token {
+        None => Err(("missing_bearer", ApiError::MissingBearer)),
+        Some(t) => state.auth.authenticate(t).ok_or(("invalid_bearer", ApiError::InvalidBearer)),
+    };
+    match result {
+        Ok(identity) => {
+            req.extensions_mut().insert(Caller { req_id, identity, source_ip: ip });
+            next.run(req).await
+        }
+        Err((reason, err)) => {
+            state.metrics.auth_failure(reason);
+            // The hash of a presented token helps operators find a misconfigured client; the token never appears.
+            let presented = token.map(|t| crate::auth::token_hash(t));
+            state.audit.record(
+                AuditEvent { req_id: Some(req_id), source_ip: ip, bearer_hash: presented, ..AuditEvent::new("auth_failure") }
+                    .with("reason", reason),
+            );
+            err.into_response()
+        }
+    }
+}
+
+/// Per-bearer token bucket and in-flight caps.
+async fn limits(State(state): State<AppState>, Extension(caller): Extension<Caller>, req: Request, next: Next) -> Response {
+    match state.limiter.admit(&caller.identity.bearer_hash) {
+        Ok(_admission) => next.run(req).await,
+        Err(rejection) => {
+            let (kind, err) = match rejection {
+                Rejection::RateLimited { retry_after } => ("rate_limited", ApiError::RateLimited(retry_after)),
+                Rejection::BearerInFlight => ("in_flight_bearer", ApiError::InFlightCap { per_bearer: true }),
+                Rejection::ProcessInFlight => ("in_flight_process", ApiError::InFlightCap { per_bearer: false }),
+            };
+            state.metrics.rate_limited(kind);
+            state.audit.record(caller.audit("rate_limited").with("limit", kind));
+            err.into_response()
+        }
+    }
+}
+
+async fn versions(State(state): State<AppState>, req: Request) -> Response {
+    if let Some(ip) = source_ip(&req)
+        && let Err(Rejection::RateLimited { retry_after }) = state.limiter.admit_versions(ip)
+    {
+        state.metrics.rate_limited("versions_ip");
+        return ApiError::RateLimited(retry_after).into_response();
+    }
     let v = env!("CARGO_PKG_VERSION");
     let major_minor = v.rsplit_once('.').map_or(v, |(mm, _)| mm);
     axum::Json(json!({
@@ -106,13 +234,27 @@ async fn versions() -> impl IntoResponse {
         "deprecated": [],
         "preferred": "v2",
         "binary": {"component": "sluice", "version": major_minor},
-        "capabilities": {"tools_endpoint": true, "sql_endpoint": false},
+        "capabilities": {"tools_endpoint": true, "sql_endpoint": false, "mcp": false, "otlp_ingest": false},
         "removal_schedule": {},
     }))
+    .into_response()
 }
 
 async fn health() -> impl IntoResponse {
     axum::Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+}
+
+async fn whoami(Extension(caller): Extension<Caller>) -> impl IntoResponse {
+    let id = &caller.identity;
+    axum::Json(json!({
+        "bearer_id": id.bearer_id(),
+        "cluster_ids": id.allowed_clusters,
+        "capabilities": {"sql": false, "tools": true, "admin": !id.is_scoped()},
+    }))
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
 }
 
 async fn gone() -> ApiError {

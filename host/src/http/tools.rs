@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use serde_json::value::RawValue;
 
-use super::{ApiError, AppState, RequestId};
+use super::{ApiError, AppState, Caller};
 use crate::runtime::{CallContext, CallError, LoadedTool, ToolError, WitQueryError, is_valid_tool_name};
 
 /// `X-Sluice-Plugin-Digest`: the SHA-256 of the exact component version that answered.
@@ -17,11 +17,13 @@ pub static X_PLUGIN_DIGEST: HeaderName = HeaderName::from_static("x-sluice-plugi
 /// `X-Sluice-Plugin-Version`: that version's declared version.
 pub static X_PLUGIN_VERSION: HeaderName = HeaderName::from_static("x-sluice-plugin-version");
 
-/// `GET /api/v2/tools/list`
-pub async fn list(State(state): State<AppState>) -> impl IntoResponse {
+/// `GET /api/v2/tools/list`, filtered to the tools this bearer may call.
+pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> impl IntoResponse {
     let registry = state.runtime.registry();
+    let scoped = caller.identity.is_scoped();
     let tools: Vec<Value> = registry
         .tools()
+        .filter(|t| !scoped || t.allow_tenant_scoped)
         .map(|t| {
             json!({
                 "name": t.name,
@@ -37,10 +39,39 @@ pub async fn list(State(state): State<AppState>) -> impl IntoResponse {
 /// `POST /api/v2/tools/<name>` with `{"args": {...}}`.
 pub async fn call(
     State(state): State<AppState>,
-    Extension(req_id): Extension<RequestId>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    let mut cluster_id = None;
+    let result = dispatch(&state, &caller, &name, body, &mut cluster_id).await;
+    let (status, error) = match &result {
+        Ok(_) => (200, None),
+        Err(ApiError::ToolBackendFailure { detail, .. }) => (500, Some(detail.clone())),
+        Err(e) => (e.status().as_u16(), None),
+    };
+    let mut ev = caller.audit(if error.is_some() { "tool_backend_failure" } else { "tool_call" });
+    ev.tool = Some(name.clone());
+    ev.cluster_id = cluster_id;
+    ev = ev.with("status", status).with("duration_ms", started.elapsed().as_millis() as u64);
+    if let Some(e) = error {
+        ev = ev.with("error", e);
+    }
+    state.audit.record(ev);
+    result
+}
+
+async fn dispatch(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    body: Result<Bytes, BytesRejection>,
+    cluster_id: &mut Option<String>,
+) -> Result<Response, ApiError> {
+    let name = name.to_owned();
+    let req_id = super::RequestId(caller.req_id.clone());
+    let identity = &caller.identity;
     if !is_valid_tool_name(&name) {
         return Err(ApiError::InvalidRequest(format!(
             "invalid tool name {name:?}: names match ^[a-z][a-z0-9_.]{{1,127}}$"
@@ -59,6 +90,7 @@ pub async fn call(
         }
     })?;
     let args = parse_args(&body)?;
+    *cluster_id = args.get("cluster_id").and_then(Value::as_str).map(str::to_owned);
     if let Some((path, err)) = tool.validate_args(&args) {
         return Err(ApiError::InvalidArgs {
             message: format!("args do not match the input schema of {name}: {err}"),
@@ -66,7 +98,25 @@ pub async fn call(
         });
     }
 
-    let ctx = CallContext { request_id: req_id.0.clone(), allowed_clusters: Vec::new() };
+    // Tenant scope is enforced here, before any component code runs, for REST and MCP alike.
+    if identity.is_scoped() {
+        if !tool.allow_tenant_scoped {
+            return Err(ApiError::TenantScopeRefused(format!("{name} refuses tenant-scoped bearers")));
+        }
+        match cluster_id.as_deref() {
+            Some(c) if identity.may_see(c) => {}
+            Some(c) => {
+                return Err(ApiError::TenantScopeRefused(format!("cluster_id {c:?} is outside this bearer's clusters")));
+            }
+            // Until plugin queries are filtered by the host, a scoped bearer must name its cluster.
+            None => {
+                return Err(ApiError::TenantScopeRefused(
+                    "this bearer is limited to some clusters: pass one of them as cluster_id".into(),
+                ));
+            }
+        }
+    }
+    let ctx = CallContext { request_id: req_id.0.clone(), allowed_clusters: identity.allowed_clusters.clone() };
     let out = state
         .runtime
         .call(tool.clone(), ctx, args.to_string())
@@ -120,7 +170,8 @@ fn map_call_error(e: CallError, loaded: &LoadedTool, req_id: &str) -> ApiError {
     };
     match e {
         CallError::Timeout(_) => timeout(),
-        CallError::Busy => ApiError::InFlightCap,
+        CallError::Busy => ApiError::InFlightCap { per_bearer: false },
+        CallError::Cancelled => ApiError::ShuttingDown,
         CallError::Tool(ToolError::InvalidArgs(m)) => ApiError::InvalidArgs { message: m, path: String::new() },
         CallError::Tool(ToolError::ScopeDenied(m)) => ApiError::TenantScopeRefused(m),
         CallError::Tool(ToolError::Query(q)) => match q {
@@ -138,21 +189,34 @@ fn map_call_error(e: CallError, loaded: &LoadedTool, req_id: &str) -> ApiError {
     }
 }
 
+fn require_admin(caller: &Caller) -> Result<(), ApiError> {
+    if caller.identity.is_scoped() {
+        return Err(ApiError::TenantScopeRefused("admin endpoints need a bearer without a cluster scope".into()));
+    }
+    Ok(())
+}
+
 /// `GET /api/v2/admin/plugins`
-pub async fn plugins(State(state): State<AppState>) -> impl IntoResponse {
+pub async fn plugins(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Result<impl IntoResponse, ApiError> {
+    require_admin(&caller)?;
     let registry = state.runtime.registry();
-    axum::Json(json!({ "generation": registry.generation, "plugins": registry.statuses() }))
+    Ok(axum::Json(json!({ "generation": registry.generation, "plugins": registry.statuses() })))
 }
 
 /// `POST /api/v2/admin/plugins/reload`
-pub async fn reload(
-    State(state): State<AppState>,
-    Extension(req_id): Extension<RequestId>,
-) -> Result<impl IntoResponse, ApiError> {
+pub async fn reload(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Result<impl IntoResponse, ApiError> {
+    require_admin(&caller)?;
     let rt = state.runtime.clone();
     let report = tokio::task::spawn_blocking(move || rt.reload()).await.map_err(|e| {
-        ApiError::ToolBackendFailure { tool: "admin.reload".into(), req_id: req_id.0.clone(), detail: e.to_string() }
+        ApiError::ToolBackendFailure { tool: "admin.reload".into(), req_id: caller.req_id.clone(), detail: e.to_string() }
     })?;
+    state.audit.record(
+        caller
+            .audit("plugin_reload")
+            .with("generation", report.generation)
+            .with("loaded", report.loaded.len())
+            .with("failed", report.failed.len()),
+    );
     let failed: Vec<Value> = report.failed.iter().map(|(f, e)| json!({"file": f, "error": e})).collect();
     Ok(axum::Json(json!({
         "generation": report.generation,

@@ -6,6 +6,7 @@ pub mod registry;
 pub mod tools;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,7 @@ pub struct Runtime {
     last_reload: Mutex<ReloadReport>,
     permits: Arc<Semaphore>,
     metrics: Metrics,
+    cancel: Arc<AtomicBool>,
 }
 
 /// A successful call: the output and the version that produced it.
@@ -88,6 +90,7 @@ impl Runtime {
             last_reload: Mutex::new(ReloadReport::default()),
             permits,
             metrics,
+            cancel: Arc::new(AtomicBool::new(false)),
         });
         rt.reload();
         Ok(rt)
@@ -144,8 +147,10 @@ impl Runtime {
         deadline: Instant,
     ) -> Result<CallOutput, CallError> {
         let started = Instant::now();
-        let remaining = deadline.saturating_duration_since(started);
-        if remaining.is_zero() {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(CallError::Cancelled);
+        }
+        if deadline <= started {
             return Err(CallError::Timeout(tool.deadline));
         }
         let state = ToolState::new(
@@ -155,12 +160,12 @@ impl Runtime {
             tool.memory_limit,
             deadline,
         );
-        let mut store = tools::store(self.engine.engine(), state, remaining);
+        let mut store = tools::store(self.engine.engine(), state, deadline, self.cancel.clone());
         let result = tool
             .pre
             .instantiate(&mut store)
             .and_then(|t| t.call_call(&mut store, &ctx, args))
-            .map_err(|e| tools::classify(e, tool.deadline))
+            .map_err(|e| tools::classify(e, tool.deadline, &self.cancel))
             .and_then(|r| r.map_err(CallError::Tool));
         self.metrics.plugin_call(&tool.name, started.elapsed(), result.as_ref().err());
         result.map(|json| CallOutput { json, tool })
@@ -177,8 +182,15 @@ impl Runtime {
             tool.memory_limit,
             deadline,
         );
-        let mut store = tools::store(self.engine.engine(), state, tool.deadline);
-        tool.pre.instantiate(&mut store).map(drop).map_err(|e| tools::classify(e, tool.deadline))
+        let mut store = tools::store(self.engine.engine(), state, deadline, self.cancel.clone());
+        tool.pre.instantiate(&mut store).map(drop).map_err(|e| tools::classify(e, tool.deadline, &self.cancel))
+    }
+
+    /// Cancels every running call (and refuses new ones) and interrupts every running DuckDB
+    /// query: the end of a drain.
+    pub fn cancel_all(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+        self.db.interrupt_all();
     }
 
     fn metrics_reloaded(&self, report: &ReloadReport) {

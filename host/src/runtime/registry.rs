@@ -289,11 +289,12 @@ impl Runtime {
             self.config.memory_limit.0,
             Instant::now() + DESCRIBE_DEADLINE,
         );
-        let mut store = tools::store(engine, state, DESCRIBE_DEADLINE);
+        let never = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut store = tools::store(engine, state, Instant::now() + DESCRIBE_DEADLINE, never.clone());
         let info: ToolInfo = pre
             .instantiate(&mut store)
             .and_then(|t| t.call_describe(&mut store))
-            .map_err(|e| match tools::classify(e, DESCRIBE_DEADLINE) {
+            .map_err(|e| match tools::classify(e, DESCRIBE_DEADLINE, &never) {
                 tools::CallError::Timeout(_) => anyhow::anyhow!("describe ran past {DESCRIBE_DEADLINE:?}"),
                 other => anyhow::anyhow!("describe failed: {other}"),
             })?;

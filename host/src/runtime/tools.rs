@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::db::{self, Database, RowLimit};
@@ -73,12 +75,20 @@ pub fn linker(engine: &Engine) -> anyhow::Result<Linker<ToolState>> {
     Ok(linker)
 }
 
-/// A fresh store for one call, with its memory limit and epoch deadline.
-pub fn store(engine: &Engine, state: ToolState, deadline: Duration) -> Store<ToolState> {
+/// A fresh store for one call, with its memory limit and deadline. On every epoch tick the
+/// store checks the deadline and the runtime's cancel flag (set at the end of a drain) and
+/// interrupts the guest when either says so.
+pub fn store(engine: &Engine, state: ToolState, deadline: Instant, cancel: Arc<AtomicBool>) -> Store<ToolState> {
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limits);
-    store.set_epoch_deadline(super::engine::SluiceEngine::ticks_for(deadline));
-    store.epoch_deadline_trap();
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if cancel.load(Ordering::Relaxed) || Instant::now() >= deadline {
+            Err(Trap::Interrupt.into())
+        } else {
+            Ok(UpdateDeadline::Continue(1))
+        }
+    });
     store
 }
 
@@ -97,12 +107,15 @@ pub enum CallError {
     /// No call slot became free before the deadline.
     #[error("no free call slot within the deadline")]
     Busy,
+    /// The gateway is shutting down and cancelled the call.
+    #[error("call cancelled by shutdown")]
+    Cancelled,
 }
 
 /// Classifies a wasmtime error from a call.
-pub fn classify(err: wasmtime::Error, deadline: Duration) -> CallError {
+pub fn classify(err: wasmtime::Error, deadline: Duration, cancel: &AtomicBool) -> CallError {
     if matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
-        return CallError::Timeout(deadline);
+        return if cancel.load(Ordering::Relaxed) { CallError::Cancelled } else { CallError::Timeout(deadline) };
     }
     CallError::Trap(format!("{err:?}"))
 }

@@ -1,0 +1,105 @@
+//! The audit log: one JSON line per security-relevant event (auth failures, tool calls, backend
+//! failures with their full text, bearer rotations, plugin reloads, drain start and end), keyed
+//! by `req_id`. Never a token: only its SHA-256 (`bearer_hash`).
+
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Map, Value};
+
+/// Where audit lines go.
+#[derive(Clone)]
+enum Sink {
+    Stderr,
+    File(Arc<Mutex<std::fs::File>>),
+    Memory(Arc<Mutex<Vec<Value>>>),
+}
+
+/// The audit log. Cheap to clone.
+#[derive(Clone)]
+pub struct AuditLog {
+    sink: Sink,
+}
+
+/// The fields of one audit line; `event` is required, the rest are set when known.
+#[derive(Debug, Default, Clone)]
+pub struct AuditEvent {
+    pub event: &'static str,
+    pub req_id: Option<String>,
+    pub bearer_hash: Option<String>,
+    pub bearer_key_name: Option<String>,
+    pub source_ip: Option<IpAddr>,
+    pub tool: Option<String>,
+    pub cluster_id: Option<String>,
+    /// Event-specific fields (`reason`, `error`, `live_hash`, `status`, ...).
+    pub extra: Map<String, Value>,
+}
+
+impl AuditEvent {
+    /// An event with only its name.
+    pub fn new(event: &'static str) -> Self {
+        Self { event, ..Default::default() }
+    }
+
+    /// Adds an event-specific field.
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.extra.insert(key.to_owned(), value.into());
+        self
+    }
+}
+
+impl AuditLog {
+    /// Audit lines on stderr (the default).
+    pub fn stderr() -> Self {
+        Self { sink: Sink::Stderr }
+    }
+
+    /// Audit lines appended to a file.
+    pub fn file(path: &Path) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening the audit log {}", path.display()))?;
+        Ok(Self { sink: Sink::File(Arc::new(Mutex::new(f))) })
+    }
+
+    /// Audit lines kept in memory (tests); returns the log and its lines.
+    pub fn memory() -> (Self, Arc<Mutex<Vec<Value>>>) {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        (Self { sink: Sink::Memory(lines.clone()) }, lines)
+    }
+
+    /// Writes one line. Failing to write is logged, never fatal to the request.
+    pub fn record(&self, ev: AuditEvent) {
+        let mut line = Map::new();
+        line.insert("ts".into(), humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string().into());
+        line.insert("event".into(), ev.event.into());
+        let opt = |line: &mut Map<String, Value>, k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                line.insert(k.into(), v.into());
+            }
+        };
+        opt(&mut line, "req_id", ev.req_id);
+        opt(&mut line, "bearer_hash", ev.bearer_hash);
+        opt(&mut line, "bearer_key_name", ev.bearer_key_name);
+        opt(&mut line, "source_ip", ev.source_ip.map(|ip| ip.to_string()));
+        opt(&mut line, "tool", ev.tool);
+        opt(&mut line, "cluster_id", ev.cluster_id);
+        line.extend(ev.extra);
+        let value = Value::Object(line);
+        match &self.sink {
+            Sink::Stderr => eprintln!("{value}"),
+            Sink::File(f) => {
+                let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+                if let Err(e) = writeln!(f, "{value}") {
+                    tracing::error!(error = %e, "Cannot write the audit log.");
+                }
+            }
+            Sink::Memory(lines) => lines.lock().unwrap_or_else(|p| p.into_inner()).push(value),
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Per-bearer token buckets and in-flight caps, and the per-source-IP bucket of
+//! `/api/versions`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Default per-bearer rate (requests per second) and burst.
+pub const DEFAULT_RPS: u32 = 30;
+pub const DEFAULT_BURST: u32 = 100;
+/// Source IPs remembered by the `/api/versions` limiter; the least recently seen are forgotten.
+pub const VERSIONS_IP_CAPACITY: usize = 4096;
+
+/// Why a request was turned away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The bucket is empty; retry after this many seconds.
+    RateLimited { retry_after: u64 },
+    /// Too many requests of this bearer in flight.
+    BearerInFlight,
+    /// Too many requests in flight in the process.
+    ProcessInFlight,
+}
+
+/// Limits settings.
+#[derive(Debug, Clone, Copy)]
+pub struct LimitSettings {
+    pub requests_per_second: u32,
+    pub burst: u32,
+    pub max_in_flight_per_bearer: usize,
+    pub max_in_flight: usize,
+}
+
+struct BearerState {
+    bucket: DefaultDirectRateLimiter,
+    in_flight: Arc<Semaphore>,
+}
+
+/// The limiter.
+pub struct Limiter {
+    settings: LimitSettings,
+    quota: Quota,
+    bearers: Mutex<HashMap<String, Arc<BearerState>>>,
+    process: Arc<Semaphore>,
+    versions: Mutex<lru::LruCache<IpAddr, Arc<DefaultDirectRateLimiter>>>,
+    clock: DefaultClock,
+}
+
+/// What an admitted request holds until it finishes.
+pub struct Admission {
+    _bearer: OwnedSemaphorePermit,
+    _process: OwnedSemaphorePermit,
+}
+
+fn quota(rps: u32, burst: u32) -> Quota {
+    let rps = NonZeroU32::new(rps.max(1)).expect("non-zero");
+    Quota::per_second(rps).allow_burst(NonZeroU32::new(burst.max(1)).expect("non-zero"))
+}
+
+impl Limiter {
+    pub fn new(settings: LimitSettings) -> Self {
+        Self {
+            quota: quota(settings.requests_per_second, settings.burst),
+            bearers: Mutex::new(HashMap::new()),
+            process: Arc::new(Semaphore::new(settings.max_in_flight)),
+            versions: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(VERSIONS_IP_CAPACITY).expect("non-zero"),
+            )),
+            clock: DefaultClock::default(),
+            settings,
+        }
+    }
+
+    fn retry_after(&self, not_until: governor::NotUntil<<DefaultClock as Clock>::Instant>) -> u64 {
+        let wait: Duration = not_until.wait_time_from(self.clock.now());
+        wait.as_secs_f64().ceil().max(1.0) as u64
+    }
+
+    /// Admits one request of the bearer with this digest, or says why not.
+    pub fn admit(&self, bearer_hash: &str) -> Result<Admission, Rejection> {
+        let state = {
+            let mut map = self.bearers.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(bearer_hash.to_owned())
+                .or_insert_with(|| {
+                    Arc::new(BearerState {
+                        bucket: RateLimiter::direct(self.quota),
+                        in_flight: Arc::new(Semaphore::new(self.settings.max_in_flight_per_bearer)),
+                    })
+                })
+                .clone()
+        };
+        if let Err(nu) = state.bucket.check() {
+            return Err(Rejection::RateLimited { retry_after: self.retry_after(nu) });
+        }
+        let bearer = state.in_flight.clone().try_acquire_owned().map_err(|_| Rejection::BearerInFlight)?;
+        let process = self.process.clone().try_acquire_owned().map_err(|_| Rejection::ProcessInFlight)?;
+        Ok(Admission { _bearer: bearer, _process: process })
+    }
+
+    /// Admits one `/api/versions` request from `ip` (30 rps, burst 100 per IP).
+    pub fn admit_versions(&self, ip: IpAddr) -> Result<(), Rejection> {
+        let bucket = {
+            let mut lru = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+            lru.get_or_insert(ip, || Arc::new(RateLimiter::direct(quota(DEFAULT_RPS, DEFAULT_BURST)))).clone()
+        };
+        bucket.check().map_err(|nu| Rejection::RateLimited { retry_after: self.retry_after(nu) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_then_rejection_with_retry_after_per_bearer() {
+        let l = Limiter::new(LimitSettings { requests_per_second: 1, burst: 5, max_in_flight_per_bearer: 100, max_in_flight: 100 });
+        for _ in 0..5 {
+            l.admit("a").unwrap();
+        }
+        assert!(matches!(l.admit("a"), Err(Rejection::RateLimited { retry_after: 1 })));
+        l.admit("b").unwrap();
+    }
+
+    #[test]
+    fn in_flight_caps_per_bearer_and_process() {
+        let l = Limiter::new(LimitSettings { requests_per_second: 1000, burst: 1000, max_in_flight_per_bearer: 2, max_in_flight: 3 });
+        let a1 = l.admit("a").unwrap();
+        let _a2 = l.admit("a").unwrap();
+        assert!(matches!(l.admit("a"), Err(Rejection::BearerInFlight)));
+        let _b1 = l.admit("b").unwrap();
+        assert!(matches!(l.admit("b"), Err(Rejection::ProcessInFlight)));
+        drop(a1);
+        l.admit("b").unwrap();
+    }
+}

@@ -1,0 +1,264 @@
+//! The front door: every error of the wire contract, auth and rotation, tenant scope, limits,
+//! drain, audit and metrics.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sluice::auth::{AuthSource, token_hash};
+
+use crate::common::{ADMIN_TOKEN, GatewayOptions, TENANT_TOKEN, TempDir, TestGateway, assert_request_id};
+
+#[tokio::test]
+async fn a_missing_or_unknown_bearer_is_401_with_www_authenticate_and_an_audit_line() {
+    let gw = TestGateway::start(GatewayOptions { seed: false, ..Default::default() });
+    for (auth, code) in [
+        (None, "missing_bearer"),
+        (Some("Basic dXNlcjpwdw=="), "missing_bearer"),
+        (Some("Bearer"), "missing_bearer"),
+        (Some("Bearer "), "missing_bearer"),
+        (Some("Bearer not-a-known-token"), "invalid_bearer"),
+        (Some("Bearer test-admin-token-012345678"), "invalid_bearer"),
+    ] {
+        let r = gw.request_with(auth, "GET", "/api/v2/tools/list", None).await;
+        r.assert_error(401, code);
+        assert_eq!(r.header("www-authenticate"), Some("Bearer error=\"invalid_token\""));
+        let id = assert_request_id(&r);
+        let line = gw.audit_lines("auth_failure").into_iter().find(|l| l["req_id"] == id.as_str()).expect("audit line");
+        assert_eq!(line["reason"], code);
+        assert!(!line.to_string().contains("not-a-known-token"), "a token reached the audit log: {line}");
+    }
+    // The scheme is case-insensitive.
+    for scheme in ["bearer", "BEARER", "bEaReR"] {
+        let r = gw.request_with(Some(&format!("{scheme} {ADMIN_TOKEN}")), "GET", "/api/v2/whoami", None).await;
+        assert_eq!(r.status, 200, "{scheme}: {}", r.text);
+    }
+}
+
+#[tokio::test]
+async fn whoami_and_health_answer_the_bearer_without_its_key_name() {
+    let gw = TestGateway::start(GatewayOptions { seed: false, ..Default::default() });
+    let r = gw.request("GET", "/api/v2/whoami", None).await;
+    assert_eq!(r.body["bearer_id"], &token_hash(ADMIN_TOKEN)[..16]);
+    assert_eq!(r.body["cluster_ids"], json!([]));
+    assert_eq!(r.body["capabilities"]["tools"], true);
+    assert!(!r.text.contains("ops"), "key_name leaked: {}", r.text);
+    let r = gw.request_with(Some(&format!("Bearer {TENANT_TOKEN}")), "GET", "/api/v2/whoami", None).await;
+    assert_eq!(r.body["cluster_ids"], json!(["cluster-a"]));
+    assert!(!r.text.contains("tenant-a"), "key_name leaked: {}", r.text);
+    let r = gw.request("GET", "/api/v2/health", None).await;
+    assert_eq!(r.body, json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}));
+    let r = gw.request_with(None, "GET", "/api/versions", None).await;
+    assert_eq!(r.status, 200);
+    let keys: BTreeSet<&str> = r.body.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, BTreeSet::from(["supported", "deprecated", "preferred", "binary", "capabilities", "removal_schedule"]));
+    assert_eq!(r.body["binary"]["version"].as_str().unwrap().matches('.').count(), 1, "MAJOR.MINOR only");
+}
+
+#[tokio::test]
+async fn a_tenant_scoped_bearer_sees_only_its_clusters() {
+    let gw = TestGateway::start(GatewayOptions::default());
+    let r = gw.call_as(TENANT_TOKEN, "fleet.cluster.summary", json!({"cluster_id": "cluster-b"})).await;
+    r.assert_error(403, "tenant_scoped_bearer_refused");
+    let r = gw.call_as(TENANT_TOKEN, "fleet.cluster.run_analysis", json!({"sql": "SELECT 1"})).await;
+    r.assert_error(403, "tenant_scoped_bearer_refused");
+    let r = gw.call_as(TENANT_TOKEN, "fleet.cluster.summary", json!({})).await;
+    r.assert_error(403, "tenant_scoped_bearer_refused");
+    let r = gw.call_as(TENANT_TOKEN, "fleet.cluster.summary", json!({"cluster_id": "cluster-a"})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.body["result"]["rows"].as_array().unwrap().iter().all(|row| row["cluster_id"] == "cluster-a"));
+
+    let list = gw.request_with(Some(&format!("Bearer {TENANT_TOKEN}")), "GET", "/api/v2/tools/list", None).await;
+    let names: Vec<&str> = list.body["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["fleet.cluster.summary"]);
+    let r = gw.request_with(Some(&format!("Bearer {TENANT_TOKEN}")), "GET", "/api/v2/admin/plugins", None).await;
+    r.assert_error(403, "tenant_scoped_bearer_refused");
+    // The refusal is audited with the cluster the request named.
+    let refused = gw.audit_lines("tool_call").into_iter().filter(|l| l["status"] == 403).count();
+    assert_eq!(refused, 3);
+}
+
+#[tokio::test]
+async fn burst_plus_one_requests_get_429_with_retry_after_and_buckets_are_per_bearer() {
+    let gw = TestGateway::start(GatewayOptions {
+        seed: false,
+        configure: Box::new(|c| {
+            c.rate_limit.requests_per_second = 1;
+            c.rate_limit.burst = 10;
+        }),
+        ..Default::default()
+    });
+    for i in 0..10 {
+        let r = gw.request("GET", "/api/v2/whoami", None).await;
+        assert_eq!(r.status, 200, "request {i}");
+    }
+    let r = gw.request("GET", "/api/v2/whoami", None).await;
+    r.assert_error(429, "rate_limited");
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    let r = gw.request_with(Some(&format!("Bearer {TENANT_TOKEN}")), "GET", "/api/v2/whoami", None).await;
+    assert_eq!(r.status, 200, "another bearer has its own bucket");
+    assert_eq!(gw.audit_lines("rate_limited").len(), 1);
+}
+
+#[tokio::test]
+async fn the_per_bearer_in_flight_cap_answers_429() {
+    let gw = std::sync::Arc::new(TestGateway::start(GatewayOptions {
+        seed: false,
+        configure: Box::new(|c| {
+            c.limits.max_in_flight_per_bearer = 1;
+        }),
+        ..GatewayOptions::default().with_hostile()
+    }));
+    let slow = {
+        let gw = gw.clone();
+        tokio::spawn(async move { gw.call("test.hostile", json!({"mode": "spin", "ms": 400})).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = gw.call("test.hostile", json!({"mode": "ok"})).await;
+    r.assert_error(429, "in_flight_cap");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    // Another bearer is not affected by this bearer's cap.
+    let r = gw.request_with(Some(&format!("Bearer {TENANT_TOKEN}")), "GET", "/api/v2/whoami", None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(slow.await.unwrap().status, 200);
+}
+
+#[tokio::test]
+async fn the_process_in_flight_cap_answers_503() {
+    let gw = std::sync::Arc::new(TestGateway::start(GatewayOptions {
+        seed: false,
+        configure: Box::new(|c| c.limits.max_in_flight = 1),
+        ..GatewayOptions::default().with_hostile()
+    }));
+    let slow = {
+        let gw = gw.clone();
+        tokio::spawn(async move { gw.call("test.hostile", json!({"mode": "spin", "ms": 400})).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = gw.request_with(Some(&format!("Bearer {TENANT_TOKEN}")), "GET", "/api/v2/whoami", None).await;
+    r.assert_error(503, "in_flight_cap");
+    assert_eq!(slow.await.unwrap().status, 200);
+}
+
+#[tokio::test]
+async fn a_backend_failure_is_scrubbed_and_its_full_text_is_audited_under_the_request_id() {
+    let gw = TestGateway::start(GatewayOptions::default().with_hostile());
+    let r = gw.call("test.hostile", json!({"mode": "trap"})).await;
+    r.assert_error(500, "tool_backend_failure");
+    let id = assert_request_id(&r);
+    assert_eq!(r.body["req_id"], id.as_str());
+    let line = gw.audit_lines("tool_backend_failure").into_iter().find(|l| l["req_id"] == id.as_str()).expect("audit line");
+    assert_eq!(line["tool"], "test.hostile");
+    assert_eq!(line["bearer_key_name"], "ops");
+    assert_eq!(line["bearer_hash"], token_hash(ADMIN_TOKEN));
+    assert!(line["error"].as_str().unwrap().contains("wasm"), "full error text expected: {line}");
+    // Successful calls are audited too, with the cluster they named.
+    let r = gw.call("fleet.cluster.summary", json!({"cluster_id": "cluster-c"})).await;
+    let id = assert_request_id(&r);
+    let line = gw.audit_lines("tool_call").into_iter().find(|l| l["req_id"] == id.as_str()).unwrap();
+    assert_eq!((line["status"].as_u64(), line["cluster_id"].as_str()), (Some(200), Some("cluster-c")));
+}
+
+#[tokio::test]
+async fn draining_refuses_new_requests_with_503_and_retry_after_5() {
+    let gw = TestGateway::start(GatewayOptions { seed: false, ..Default::default() });
+    gw.gateway.state.drain.start();
+    let r = gw.request("GET", "/api/v2/whoami", None).await;
+    r.assert_error(503, "shutting_down");
+    assert_eq!(r.header("retry-after"), Some("5"));
+    let r = gw.request_with(None, "GET", "/api/versions", None).await;
+    r.assert_error(503, "shutting_down");
+}
+
+#[tokio::test]
+async fn metrics_need_the_bearer_and_use_only_bounded_labels() {
+    let gw = TestGateway::start(GatewayOptions::default().with_hostile());
+    let r = gw.request_with(None, "GET", "/metrics", None).await;
+    r.assert_error(401, "missing_bearer");
+    // Traffic with raw paths, cluster ids and tokens that must not become label values.
+    gw.call("fleet.cluster.summary", json!({"cluster_id": "cluster-b"})).await;
+    gw.call("test.hostile", json!({"mode": "trap"})).await;
+    gw.request("GET", "/api/v2/no/such/path/12345", None).await;
+    gw.request_with(Some("Bearer secret-token-value"), "GET", "/api/v2/whoami", None).await;
+    let r = gw.request("GET", "/metrics", None).await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").unwrap().starts_with("text/plain"));
+    let text = r.text.clone();
+    for needle in ["cluster-b", "12345", "secret-token-value", ADMIN_TOKEN] {
+        assert!(!text.contains(needle), "{needle} became a label value");
+    }
+    let allowed: BTreeSet<&str> = [
+        "route", "method", "status", "plugin", "outcome", "result", "reason", "limit", "le",
+    ]
+    .into();
+    let mut samples = 0;
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        samples += 1;
+        let (name_labels, value) = line.rsplit_once(' ').unwrap();
+        value.parse::<f64>().unwrap_or_else(|_| panic!("bad sample value in {line}"));
+        assert!(name_labels.starts_with("sluice_"), "{line}");
+        if let Some((_, labels)) = name_labels.split_once('{') {
+            for pair in labels.trim_end_matches('}').split(',') {
+                let (k, v) = pair.split_once('=').unwrap();
+                assert!(allowed.contains(k), "unexpected label {k} in {line}");
+                let v = v.trim_matches('"');
+                match k {
+                    "route" => assert!(v == "unmatched" || v.starts_with("/api/") || v == "/metrics", "{line}"),
+                    "plugin" => assert!(v.starts_with("fleet.cluster.") || v.starts_with("test."), "{line}"),
+                    "status" => assert!(["1xx", "2xx", "3xx", "4xx", "5xx"].contains(&v), "{line}"),
+                    _ => {}
+                }
+            }
+        }
+    }
+    assert!(samples > 10);
+    assert!(text.contains("sluice_auth_failures_total{reason=\"invalid_bearer\"} 1"));
+    assert!(text.contains("route=\"/api/v2/tools/{name}\""));
+}
+
+#[tokio::test]
+async fn rotation_applies_new_tokens_at_once_and_retires_old_ones_after_the_grace() {
+    let dir = TempDir::new("rotation");
+    let acl = dir.path().join("bearers.yaml");
+    std::fs::write(&acl, "- key_name: ci\n  token: old-token-1\n").unwrap();
+    let gw = TestGateway::start(GatewayOptions {
+        seed: false,
+        auth: Some(AuthSource::AclFile(acl.clone())),
+        configure: Box::new(|c| c.auth.rotation_grace = sluice::config::HumanDuration(Duration::from_millis(1500))),
+        ..Default::default()
+    });
+    let whoami = |token: &'static str| {
+        let gw = &gw;
+        async move { gw.request_with(Some(&format!("Bearer {token}")), "GET", "/api/v2/whoami", None).await.status.as_u16() }
+    };
+    assert_eq!(whoami("old-token-1").await, 200);
+    assert_eq!(whoami("new-token-2").await, 401);
+
+    // Replace the file the way deploy tools do: write a temporary, rename over.
+    let tmp = dir.path().join(".bearers.yaml.tmp");
+    std::fs::write(&tmp, "- key_name: ci\n  token: new-token-2\n").unwrap();
+    std::fs::rename(&tmp, &acl).unwrap();
+    let changed = Instant::now();
+    while whoami("new-token-2").await != 200 {
+        assert!(changed.elapsed() < Duration::from_secs(2), "new token not live within 2 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let applied = Instant::now();
+    assert_eq!(whoami("old-token-1").await, 200, "the old token works during the grace window");
+    let line = gw.audit_lines("bearer_rotation_applied").pop().expect("rotation audit line");
+    assert_eq!(line["live_hash"], token_hash("new-token-2"));
+    assert!(!line.to_string().contains("new-token-2"));
+    while applied.elapsed() < Duration::from_millis(1300) {
+        assert_eq!(whoami("old-token-1").await, 200, "old token refused before its grace ended");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(whoami("old-token-1").await, 401, "old token still accepted after its grace");
+    assert_eq!(whoami("new-token-2").await, 200);
+
+    // A broken file keeps the current bearers.
+    std::fs::write(&acl, "- key_name: [this is not valid\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(whoami("new-token-2").await, 200);
+}
