@@ -29,6 +29,7 @@ fn signal(child: &Child, sig: &str) {
 struct Server {
     child: Child,
     api: String,
+    health: String,
 }
 
 impl Server {
@@ -46,7 +47,8 @@ impl Server {
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         assert!(line.starts_with("sluice listening api=http://"), "unexpected first line: {line:?}");
         let api = line.split_whitespace().nth(2).unwrap().trim_start_matches("api=").to_owned();
-        Self { child, api }
+        let health = line.split_whitespace().nth(3).unwrap().trim_start_matches("health=").to_owned();
+        Self { child, api, health }
     }
 }
 
@@ -163,4 +165,98 @@ fn call_runs_a_tool_without_the_server() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/cluster_id"));
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(started.elapsed() < limit, "sluice did not exit within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn drains_on_sigterm_finishing_calls_refusing_new_ones_and_interrupting_past_the_deadline() {
+    let dir = TempDir::new("drain");
+    std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+    std::fs::copy(component("hostile"), dir.path().join("plugins/hostile.wasm")).unwrap();
+    std::fs::copy(component("fleet-cluster-run-analysis"), dir.path().join("plugins/ra.wasm")).unwrap();
+    std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        "[plugins]\nwatch = false\n[plugins.tools.\"test.hostile\"]\ndeadline = \"20s\"\n[drain]\nshutdown_deadline = \"3s\"\n",
+    )
+    .unwrap();
+    let mut server = Server::start(&dir, &["--config", "sluice.toml"]);
+    let http = reqwest::Client::new();
+    let call = |tool: &'static str, args: Value| {
+        let (http, url) = (http.clone(), format!("{}/api/v2/tools/{tool}", server.api));
+        tokio::spawn(async move {
+            let r = http.post(url).bearer_auth(TOKEN).json(&json!({"args": args})).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null), Instant::now())
+        })
+    };
+    // A call that finishes within the deadline, and a query that would run far past it.
+    let finishing = call("test.hostile", json!({"mode": "spin", "ms": 1500}));
+    let endless = call(
+        "fleet.cluster.run_analysis",
+        json!({"sql": "SELECT count(*) FROM range(100000000000) t(i) WHERE i % 7 = 3"}),
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    signal(&server.child, "TERM");
+    let termed = Instant::now();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+
+    let r = http.get(format!("{}/api/v2/whoami", server.api)).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "5");
+    assert_eq!(r.headers()["x-request-id"].len(), 16);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "shutting_down");
+    let ready = http.get(format!("{}/readyz", server.health)).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "readiness must fail while draining");
+
+    let (status, body, _) = finishing.await.unwrap();
+    assert_eq!(status, 200, "the in-flight call must complete: {body}");
+    let (status, body, done) = endless.await.unwrap();
+    // Cancelled by the shutdown, and answered as such.
+    assert_eq!((status, body["code"].as_str()), (503, Some("shutting_down")), "the query past the deadline is interrupted: {body}");
+    let took = done - termed;
+    assert!(took >= Duration::from_millis(2800) && took < Duration::from_secs(5), "interrupted after {took:?}");
+
+    let status = wait_exit(&mut server.child, Duration::from_secs(8));
+    assert!(status.success(), "exit status {status:?}");
+    assert!(termed.elapsed() < Duration::from_secs(8));
+}
+
+#[tokio::test]
+async fn api_versions_is_public_and_limited_per_source_ip() {
+    let dir = TempDir::new("versions");
+    std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+    std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+    let server = Server::start(&dir, &[]);
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let (mut ok, mut limited) = (0u32, 0u32);
+    for _ in 0..130 {
+        let r = http.get(format!("{}/api/versions", server.api)).send().await.unwrap();
+        match r.status().as_u16() {
+            200 => ok += 1,
+            429 => {
+                limited += 1;
+                assert!(r.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+            }
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    let refill = (started.elapsed().as_secs_f64() * 30.0).ceil() as u32;
+    assert!(ok >= 100 && ok <= 100 + refill, "{ok} answered (burst 100, refill {refill})");
+    assert!(limited > 0);
+    // The bearer-protected API is unaffected by the per-IP bucket.
+    let r = http.get(format!("{}/api/v2/whoami", server.api)).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 200);
 }
