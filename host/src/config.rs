@@ -127,6 +127,10 @@ pub struct ServerConfig {
     pub health_listen: SocketAddr,
     /// Serve plain HTTP. Allowed only on loopback addresses.
     pub insecure_no_tls: bool,
+    /// TLS certificate chain (PEM). With `tls_key`, both listeners serve HTTPS; reloaded on change.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    pub tls_key: Option<PathBuf>,
     /// Largest request body accepted; larger gets 413 `payload_too_large`.
     pub max_body: ByteSize,
 }
@@ -137,6 +141,8 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8081".parse().expect("valid address"),
             health_listen: "127.0.0.1:8080".parse().expect("valid address"),
             insecure_no_tls: false,
+            tls_cert: None,
+            tls_key: None,
             max_body: ByteSize(1 << 20),
         }
     }
@@ -253,6 +259,10 @@ impl Config {
         anyhow::ensure!(
             !(self.auth.bearer_acl_file.is_some() && self.auth.token_file.is_some()),
             "auth.bearer_acl_file and auth.token_file are exclusive; configure one"
+        );
+        anyhow::ensure!(
+            self.server.tls_cert.is_some() == self.server.tls_key.is_some(),
+            "server.tls_cert and server.tls_key go together; set both (or neither)"
         );
         anyhow::ensure!(self.rate_limit.requests_per_second >= 1, "rate_limit.requests_per_second must be at least 1");
         anyhow::ensure!(self.rate_limit.burst >= 1, "rate_limit.burst must be at least 1");

@@ -19,3 +19,4 @@ pub mod metrics;
 pub mod ratelimit;
 pub mod runtime;
 pub mod serve;
+pub mod tls;

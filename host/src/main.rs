@@ -58,6 +58,12 @@ struct ServeArgs {
     /// A file holding a single bearer token (all clusters).
     #[arg(long)]
     auth_token_file: Option<PathBuf>,
+    /// TLS certificate chain (PEM); with --tls-key, serve HTTPS.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -137,6 +143,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(p) = a.bearer_acl_file {
                 config.auth.bearer_acl_file = Some(p);
                 config.auth.token_file = None;
+            }
+            if let (Some(c), Some(k)) = (a.tls_cert, a.tls_key) {
+                config.server.tls_cert = Some(c);
+                config.server.tls_key = Some(k);
             }
             if let Some(p) = a.auth_token_file {
                 config.auth.token_file = Some(p);

@@ -88,21 +88,25 @@ impl Gateway {
     }
 }
 
-/// Refuses plain HTTP unless explicitly allowed, and then only on loopback.
+/// Serves HTTPS when a certificate is configured; plain HTTP only when explicitly allowed, and
+/// then only on loopback.
 pub fn check_listen_policy(config: &Config) -> anyhow::Result<()> {
     let s = &config.server;
+    if s.tls_cert.is_some() && s.tls_key.is_some() {
+        return Ok(());
+    }
     if !s.insecure_no_tls {
         anyhow::bail!(
-            "TLS is not configured. Sluice serves plain HTTP only on a loopback address and only with \
-             --insecure-no-tls (or `insecure_no_tls = true` under [server]); TLS listeners arrive with \
-             the front-door release. Example: sluice serve --insecure-no-tls --listen 127.0.0.1:8081"
+            "TLS is not configured. Pass --tls-cert CERT.pem --tls-key KEY.pem (or set tls_cert and \
+             tls_key under [server]) to serve HTTPS; for local use only, --insecure-no-tls serves plain \
+             HTTP on a loopback address (e.g. --listen 127.0.0.1:8081)"
         );
     }
     for (what, addr) in [("--listen", s.listen), ("--health-listen", s.health_listen)] {
         if !addr.ip().is_loopback() {
             anyhow::bail!(
                 "{what} {addr} is not a loopback address; plain HTTP (--insecure-no-tls) is only allowed \
-                 on 127.0.0.0/8 or ::1. Bind to 127.0.0.1 and put a TLS proxy in front, or wait for TLS support."
+                 on 127.0.0.0/8 or ::1. Bind to 127.0.0.1, or pass --tls-cert and --tls-key to serve HTTPS"
             );
         }
     }
@@ -119,18 +123,25 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let api_addr = api_listener.local_addr()?;
     let health_addr = health_listener.local_addr()?;
 
+    let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::load(cert, key).await?),
+        _ => None,
+    };
+    let _tls_watcher = match (&tls, &config.server.tls_cert, &config.server.tls_key) {
+        (Some(t), Some(cert), Some(key)) => Some(crate::tls::watch(t.clone(), cert.clone(), key.clone())?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let registry = gateway.runtime().registry();
     tracing::info!(api = %api_addr, health = %health_addr, tools = registry.tools().count(), db = %config.database.path.display(), plugins = %config.plugins.dir.display(), "Sluice is serving.");
     // One machine-readable line on stdout, for scripts and tests that bind port 0.
-    println!("sluice listening api=http://{api_addr} health=http://{health_addr}");
+    println!("sluice listening api={scheme}://{api_addr} health={scheme}://{health_addr}");
     drop(registry);
 
     spawn_sighup_reload(gateway.runtime().clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let api = axum::serve(api_listener, gateway.api().into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(wait_for(stop_rx.clone()));
-    let health = axum::serve(health_listener, health_router(gateway.state.drain.clone()))
-        .with_graceful_shutdown(wait_for(stop_rx));
+    let api = serve_on(api_listener, gateway.api(), tls.clone(), stop_rx.clone());
+    let health = serve_on(health_listener, health_router(gateway.state.drain.clone()), tls, stop_rx);
     let deadline = config.drain.shutdown_deadline.0;
     let (drain, runtime) = (gateway.state.drain.clone(), gateway.runtime().clone());
     let signal = async move {
@@ -150,7 +161,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         audit.record(AuditEvent::new("drain_end").with("clean", clean).with("in_flight", drain.in_flight()));
         let _ = stop_tx.send(true);
     };
-    let (a, h, ()) = tokio::join!(api.into_future(), health.into_future(), signal);
+    let (a, h, ()) = tokio::join!(api, health, signal);
     a.context("API listener")?;
     h.context("health listener")?;
     tracing::info!("Sluice stopped.");
@@ -165,6 +176,29 @@ async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
         0 => format!("cannot bind {addr}"),
         port => format!("cannot bind {addr}: is port {port} in use? Pass {flag} to choose another address"),
     })
+}
+
+/// Serves `app` on `listener` (HTTPS when `tls` is given) until `stop` turns true, then finishes
+/// open requests and returns.
+async fn serve_on(
+    listener: TcpListener,
+    app: axum::Router,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    match tls {
+        None => axum::serve(listener, service).with_graceful_shutdown(wait_for(stop)).await,
+        Some(tls) => {
+            let handle = axum_server::Handle::new();
+            let h = handle.clone();
+            tokio::spawn(async move {
+                wait_for(stop).await;
+                h.graceful_shutdown(Some(CANCEL_GRACE));
+            });
+            axum_server::tls_rustls::from_tcp_rustls(listener.into_std()?, tls)?.handle(handle).serve(service).await
+        }
+    }
 }
 
 async fn wait_for(mut rx: tokio::sync::watch::Receiver<bool>) {

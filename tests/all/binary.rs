@@ -34,9 +34,14 @@ struct Server {
 
 impl Server {
     fn start(dir: &TempDir, extra: &[&str]) -> Self {
+        Self::start_with(dir, &["--insecure-no-tls"], extra)
+    }
+
+    fn start_with(dir: &TempDir, transport: &[&str], extra: &[&str]) -> Self {
         let mut child = Command::new(sluice_bin())
             .current_dir(dir.path())
-            .args(["serve", "--db", "fleet.duckdb", "--plugins", "plugins", "--insecure-no-tls", "--auth-token-file", "token"])
+            .args(["serve", "--db", "fleet.duckdb", "--plugins", "plugins", "--auth-token-file", "token"])
+            .args(transport)
             .args(["--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0"])
             .args(extra)
             .env("SLUICE_LOG", "warn")
@@ -45,7 +50,7 @@ impl Server {
             .unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert!(line.starts_with("sluice listening api=http://"), "unexpected first line: {line:?}");
+        assert!(line.starts_with("sluice listening api=http"), "unexpected first line: {line:?}");
         let api = line.split_whitespace().nth(2).unwrap().trim_start_matches("api=").to_owned();
         let health = line.split_whitespace().nth(3).unwrap().trim_start_matches("health=").to_owned();
         Self { child, api, health }
@@ -259,4 +264,58 @@ async fn api_versions_is_public_and_limited_per_source_ip() {
     // The bearer-protected API is unaffected by the per-IP bucket.
     let r = http.get(format!("{}/api/v2/whoami", server.api)).bearer_auth(TOKEN).send().await.unwrap();
     assert_eq!(r.status(), 200);
+}
+
+fn write_cert(dir: &TempDir) -> String {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let pem = ck.cert.pem();
+    // Replace each file atomically, as a certificate manager would.
+    for (name, body) in [("cert.pem", pem.clone()), ("key.pem", ck.signing_key.serialize_pem())] {
+        let tmp = dir.path().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, body).unwrap();
+        std::fs::rename(&tmp, dir.path().join(name)).unwrap();
+    }
+    pem
+}
+
+fn https_client(ca_pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn serves_https_with_a_certificate_and_reloads_it_on_change() {
+    let dir = TempDir::new("tls");
+    std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+    std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+    let first = write_cert(&dir);
+    let server = Server::start_with(&dir, &["--tls-cert", "cert.pem", "--tls-key", "key.pem"], &[]);
+    assert!(server.api.starts_with("https://127.0.0.1:"), "{}", server.api);
+
+    let r = https_client(&first).get(format!("{}/api/v2/whoami", server.api)).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-request-id"].len(), 16);
+    let r = https_client(&first).get(format!("{}/readyz", server.health)).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the health listener serves HTTPS too");
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    let plain = server.api.replace("https://", "http://");
+    let r = reqwest::Client::new().get(format!("{plain}/api/v2/whoami")).bearer_auth(TOKEN).send().await;
+    assert!(r.is_err() || r.unwrap().status() != 200);
+
+    // A new certificate is picked up without a restart.
+    let second = write_cert(&dir);
+    let started = Instant::now();
+    loop {
+        let r = https_client(&second).get(format!("{}/api/v2/whoami", server.api)).bearer_auth(TOKEN).send().await;
+        if r.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "the new certificate was not loaded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let old = https_client(&first).get(format!("{}/api/v2/whoami", server.api)).send().await;
+    assert!(old.is_err(), "the old certificate is no longer served");
 }
