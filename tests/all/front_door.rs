@@ -262,3 +262,46 @@ async fn rotation_applies_new_tokens_at_once_and_retires_old_ones_after_the_grac
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(whoami("new-token-2").await, 200);
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route_and_every_error_code() {
+    let gw = TestGateway::start(GatewayOptions { seed: false, ..Default::default() });
+    gw.request_with(None, "GET", "/api/v2/openapi.json", None).await.assert_error(401, "missing_bearer");
+    let r = gw.request("GET", "/api/v2/openapi.json", None).await;
+    assert_eq!(r.status, 200);
+    let doc = &r.body;
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
+    assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+    let paths: BTreeSet<&str> = doc["paths"].as_object().unwrap().keys().map(String::as_str).collect();
+    let expected = BTreeSet::from([
+        "/api/versions",
+        "/api/v1/{rest}",
+        "/api/v2/health",
+        "/api/v2/whoami",
+        "/api/v2/openapi.json",
+        "/api/v2/tools/list",
+        "/api/v2/tools/{name}",
+        "/api/v2/admin/plugins",
+        "/api/v2/admin/plugins/reload",
+        "/metrics",
+    ]);
+    assert_eq!(paths, expected);
+    // Every route the document names answers (not the router's 404 fallback).
+    for p in ["/api/v2/health", "/api/v2/whoami", "/api/v2/tools/list", "/api/v2/admin/plugins", "/metrics"] {
+        assert_eq!(gw.request("GET", p, None).await.status, 200, "{p}");
+    }
+    let text = doc.to_string();
+    for code in [
+        "invalid_request", "invalid_args", "sql_not_read_only", "missing_bearer", "invalid_bearer",
+        "tenant_scoped_bearer_refused", "tool_not_found", "gone", "payload_too_large", "rate_limited",
+        "in_flight_cap", "tool_backend_failure", "shutting_down", "tool_timeout",
+    ] {
+        assert!(text.contains(code), "error code {code} is not documented");
+    }
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    assert_eq!(doc["paths"]["/api/versions"]["get"]["security"], json!([{}]));
+    let call = &doc["paths"]["/api/v2/tools/{name}"]["post"]["responses"];
+    for status in ["200", "400", "401", "403", "404", "413", "429", "500", "503", "504"] {
+        assert!(call.get(status).is_some(), "tool call lacks a {status} response");
+    }
+}

@@ -5,6 +5,7 @@
 //! routes. `/api/versions` and `/api/v1/*` are public; everything else needs a bearer.
 
 pub mod error;
+pub mod openapi;
 mod tools;
 
 use std::net::{IpAddr, SocketAddr};
@@ -91,6 +92,7 @@ pub fn api_router(state: AppState) -> Router {
     let protected = Router::new()
         .route("/api/v2/health", get(health))
         .route("/api/v2/whoami", get(whoami))
+        .route("/api/v2/openapi.json", get(openapi_json))
         .route("/api/v2/tools/list", get(tools::list))
         .route("/api/v2/tools/{name}", post(tools::call))
         .route("/api/v2/admin/plugins", get(tools::plugins))
@@ -220,6 +222,12 @@ async fn limits(State(state): State<AppState>, Extension(caller): Extension<Call
     }
 }
 
+/// Supported API versions and capabilities. No auth; limited per source IP.
+#[utoipa::path(get, path = "/api/versions", security(()), responses(
+        (status = 200, description = "Versions and capabilities", body = openapi::Versions),
+        (status = 429, description = "`rate_limited` for this source IP, with `Retry-After`", body = openapi::ErrorBody),
+        (status = 503, description = "`shutting_down`", body = openapi::ErrorBody),
+))]
 async fn versions(State(state): State<AppState>, req: Request) -> Response {
     if let Some(ip) = source_ip(&req)
         && let Err(Rejection::RateLimited { retry_after }) = state.limiter.admit_versions(ip)
@@ -240,10 +248,24 @@ async fn versions(State(state): State<AppState>, req: Request) -> Response {
     .into_response()
 }
 
+/// Liveness of the API with the full version.
+#[utoipa::path(get, path = "/api/v2/health", responses(
+        (status = 200, description = "Up", body = openapi::Health),
+        (status = 401, description = "`missing_bearer` / `invalid_bearer`, with `WWW-Authenticate: Bearer error=\"invalid_token\"`", body = openapi::ErrorBody),
+        (status = 429, description = "`rate_limited` (with `Retry-After`) or `in_flight_cap` for this bearer", body = openapi::ErrorBody),
+        (status = 503, description = "`shutting_down` (with `Retry-After: 5`) or `in_flight_cap` for the process", body = openapi::ErrorBody),
+))]
 async fn health() -> impl IntoResponse {
     axum::Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
 }
 
+/// The calling bearer: an opaque id, its clusters and capabilities (never its key name).
+#[utoipa::path(get, path = "/api/v2/whoami", responses(
+        (status = 200, description = "The bearer", body = openapi::WhoAmI),
+        (status = 401, description = "`missing_bearer` / `invalid_bearer`, with `WWW-Authenticate: Bearer error=\"invalid_token\"`", body = openapi::ErrorBody),
+        (status = 429, description = "`rate_limited` (with `Retry-After`) or `in_flight_cap` for this bearer", body = openapi::ErrorBody),
+        (status = 503, description = "`shutting_down` (with `Retry-After: 5`) or `in_flight_cap` for the process", body = openapi::ErrorBody),
+))]
 async fn whoami(Extension(caller): Extension<Caller>) -> impl IntoResponse {
     let id = &caller.identity;
     axum::Json(json!({
@@ -253,12 +275,35 @@ async fn whoami(Extension(caller): Extension<Caller>) -> impl IntoResponse {
     }))
 }
 
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", responses(
+        (status = 200, description = "Prometheus text", content_type = "text/plain", body = String),
+        (status = 401, description = "`missing_bearer` / `invalid_bearer`, with `WWW-Authenticate: Bearer error=\"invalid_token\"`", body = openapi::ErrorBody),
+        (status = 429, description = "`rate_limited` (with `Retry-After`) or `in_flight_cap` for this bearer", body = openapi::ErrorBody),
+        (status = 503, description = "`shutting_down` (with `Retry-After: 5`) or `in_flight_cap` for the process", body = openapi::ErrorBody),
+))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
 }
 
+/// Every method on `/api/v1/*`: removed.
+#[utoipa::path(get, path = "/api/v1/{rest}", security(()), params(("rest" = String, Path, description = "Anything")), responses(
+        (status = 410, description = "`gone`, with `removed_version`, `preferred` and `docs`", body = openapi::ErrorBody),
+))]
 async fn gone() -> ApiError {
     ApiError::Gone
+}
+
+/// This document.
+#[utoipa::path(get, path = "/api/v2/openapi.json", responses(
+        (status = 200, description = "OpenAPI 3.1", body = Object),
+        (status = 401, description = "`missing_bearer` / `invalid_bearer`, with `WWW-Authenticate: Bearer error=\"invalid_token\"`", body = openapi::ErrorBody),
+        (status = 429, description = "`rate_limited` (with `Retry-After`) or `in_flight_cap` for this bearer", body = openapi::ErrorBody),
+        (status = 503, description = "`shutting_down` (with `Retry-After: 5`) or `in_flight_cap` for the process", body = openapi::ErrorBody),
+))]
+async fn openapi_json() -> impl IntoResponse {
+    static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    axum::Json(DOC.get_or_init(openapi::document).clone())
 }
 
 async fn not_found() -> ApiError {

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use serde_json::value::RawValue;
 
-use super::{ApiError, AppState, Caller};
+use super::{ApiError, AppState, Caller, openapi};
 use crate::runtime::{CallContext, CallError, LoadedTool, ToolError, WitQueryError, is_valid_tool_name};
 
 /// `X-Sluice-Plugin-Digest`: the SHA-256 of the exact component version that answered.
@@ -18,6 +18,12 @@ pub static X_PLUGIN_DIGEST: HeaderName = HeaderName::from_static("x-sluice-plugi
 pub static X_PLUGIN_VERSION: HeaderName = HeaderName::from_static("x-sluice-plugin-version");
 
 /// `GET /api/v2/tools/list`, filtered to the tools this bearer may call.
+#[utoipa::path(get, path = "/api/v2/tools/list", responses(
+        (status = 200, description = "Tools with their input and output JSON Schemas", body = openapi::ToolList),
+        (status = 401, description = "`missing_bearer` / `invalid_bearer`, with `WWW-Authenticate: Bearer error=\"invalid_token\"`", body = openapi::ErrorBody),
+        (status = 429, description = "`rate_limited` (with `Retry-After`) or `in_flight_cap` for this bearer", body = openapi::ErrorBody),
+        (status = 503, description = "`shutting_down` (with `Retry-After: 5`) or `in_flight_cap` for the process", body = openapi::ErrorBody),
+))]
 pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> impl IntoResponse {
     let registry = state.runtime.registry();
     let scoped = caller.identity.is_scoped();
@@ -37,6 +43,20 @@ pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Ca
 }
 
 /// `POST /api/v2/tools/<name>` with `{"args": {...}}`.
+#[utoipa::path(post, path = "/api/v2/tools/{name}", params(("name" = String, Path, description = "Tool name, `^[a-z][a-z0-9_.]{1,127}$`")),
+    request_body = openapi::ToolCall,
+    responses(
+        (status = 200, description = "The tool's result; headers `X-Sluice-Plugin-Version` and `X-Sluice-Plugin-Digest` name the version that answered", body = openapi::ToolResult),
+        (status = 400, description = "`invalid_request` (body, name), `invalid_args` (with `path`), `sql_not_read_only`", body = openapi::ErrorBody),
+        (status = 403, description = "`tenant_scoped_bearer_refused`", body = openapi::ErrorBody),
+        (status = 404, description = "`tool_not_found` (with `name`)", body = openapi::ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = openapi::ErrorBody),
+        (status = 500, description = "`tool_backend_failure`: scrubbed body with `tool` and `req_id`; the full error is in the audit log", body = openapi::ErrorBody),
+        (status = 504, description = "`tool_timeout` (with `tool`, `deadline_ms`)", body = openapi::ErrorBody),
+        (status = 401, description = "`missing_bearer` / `invalid_bearer`, with `WWW-Authenticate: Bearer error=\"invalid_token\"`", body = openapi::ErrorBody),
+        (status = 429, description = "`rate_limited` (with `Retry-After`) or `in_flight_cap` for this bearer", body = openapi::ErrorBody),
+        (status = 503, description = "`shutting_down` (with `Retry-After: 5`) or `in_flight_cap` for the process", body = openapi::ErrorBody),
+))]
 pub async fn call(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -196,14 +216,28 @@ fn require_admin(caller: &Caller) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// `GET /api/v2/admin/plugins`
+/// `GET /api/v2/admin/plugins`: every plugin file's status. Unscoped bearers only.
+#[utoipa::path(get, path = "/api/v2/admin/plugins", responses(
+        (status = 200, description = "Plugin files", body = openapi::PluginList),
+        (status = 403, description = "`tenant_scoped_bearer_refused`", body = openapi::ErrorBody),
+        (status = 401, description = "`missing_bearer` / `invalid_bearer`, with `WWW-Authenticate: Bearer error=\"invalid_token\"`", body = openapi::ErrorBody),
+        (status = 429, description = "`rate_limited` (with `Retry-After`) or `in_flight_cap` for this bearer", body = openapi::ErrorBody),
+        (status = 503, description = "`shutting_down` (with `Retry-After: 5`) or `in_flight_cap` for the process", body = openapi::ErrorBody),
+))]
 pub async fn plugins(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Result<impl IntoResponse, ApiError> {
     require_admin(&caller)?;
     let registry = state.runtime.registry();
     Ok(axum::Json(json!({ "generation": registry.generation, "plugins": registry.statuses() })))
 }
 
-/// `POST /api/v2/admin/plugins/reload`
+/// `POST /api/v2/admin/plugins/reload`: reload the plugins directory now. Unscoped bearers only.
+#[utoipa::path(post, path = "/api/v2/admin/plugins/reload", responses(
+        (status = 200, description = "What the reload did", body = openapi::ReloadResult),
+        (status = 403, description = "`tenant_scoped_bearer_refused`", body = openapi::ErrorBody),
+        (status = 401, description = "`missing_bearer` / `invalid_bearer`, with `WWW-Authenticate: Bearer error=\"invalid_token\"`", body = openapi::ErrorBody),
+        (status = 429, description = "`rate_limited` (with `Retry-After`) or `in_flight_cap` for this bearer", body = openapi::ErrorBody),
+        (status = 503, description = "`shutting_down` (with `Retry-After: 5`) or `in_flight_cap` for the process", body = openapi::ErrorBody),
+))]
 pub async fn reload(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Result<impl IntoResponse, ApiError> {
     require_admin(&caller)?;
     let rt = state.runtime.clone();

@@ -1,0 +1,158 @@
+//! The OpenAPI 3.1 document of the API, generated from the handlers' annotations
+//! (`GET /api/v2/openapi.json`). Tool argument and result schemas are the tools' own and are
+//! published by `GET /api/v2/tools/list`; this document describes the envelope.
+
+use serde_json::Value;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+/// Every error body: `{"error": "<human text>", "code": "<machine code>", ...extra}`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorBody {
+    /// What went wrong, for humans.
+    error: String,
+    /// The machine-readable code: `invalid_request`, `invalid_args`, `sql_not_read_only`,
+    /// `missing_bearer`, `invalid_bearer`, `tenant_scoped_bearer_refused`, `tool_not_found`,
+    /// `not_found`, `gone`, `payload_too_large`, `rate_limited`, `in_flight_cap`,
+    /// `tool_backend_failure`, `shutting_down`, `tool_timeout`.
+    code: String,
+    /// `invalid_args`: JSON pointer of the failing value.
+    path: Option<String>,
+    /// `tool_not_found`: the name asked for.
+    name: Option<String>,
+    /// `tool_backend_failure`, `tool_timeout`: the tool.
+    tool: Option<String>,
+    /// `tool_backend_failure`: the request id, to find the full error in the audit log.
+    req_id: Option<String>,
+}
+
+/// `POST /api/v2/tools/{name}` body.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ToolCall {
+    /// Arguments, validated against the tool's input schema. Absent means `{}`.
+    args: Option<Value>,
+}
+
+/// A tool's answer.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ToolResult {
+    /// The tool's output, as described by its output schema (typically `{"rows": [...]}`).
+    result: Value,
+}
+
+/// One tool of `GET /api/v2/tools/list`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ToolDescription {
+    name: String,
+    description: String,
+    input_schema: Value,
+    output_schema: Value,
+}
+
+/// `GET /api/v2/tools/list`
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ToolList {
+    tools: Vec<ToolDescription>,
+}
+
+/// `GET /api/v2/whoami`
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct WhoAmI {
+    /// An opaque id of the bearer (a prefix of its token's SHA-256).
+    bearer_id: String,
+    /// Clusters the bearer may see; empty means all.
+    cluster_ids: Vec<String>,
+    /// What the bearer may use: `sql`, `tools`, `admin`.
+    capabilities: Value,
+}
+
+/// `GET /api/v2/health`
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Health {
+    status: String,
+    /// The full version, `x.y.z`.
+    version: String,
+}
+
+/// `GET /api/versions`
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Versions {
+    supported: Vec<String>,
+    deprecated: Vec<String>,
+    preferred: String,
+    /// `{"component": "sluice", "version": "MAJOR.MINOR"}`
+    binary: Value,
+    capabilities: Value,
+    removal_schedule: Value,
+}
+
+/// `GET /api/v2/admin/plugins`
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct PluginList {
+    /// Registry generation.
+    generation: u64,
+    /// Per plugin file: `file`, `name`, `version`, `digest`, `loaded_at`, `status`
+    /// (`loaded`|`failed`), `last_error`, `rejected_digest`.
+    plugins: Vec<Value>,
+}
+
+/// `POST /api/v2/admin/plugins/reload`
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ReloadResult {
+    generation: u64,
+    loaded: Vec<String>,
+    /// `{"file", "error"}` per refused file.
+    failed: Vec<Value>,
+    removed: Vec<String>,
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The API description.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Sluice API", description = "A gateway in front of DuckDB with WebAssembly tools. Every response carries X-Request-Id."),
+    paths(
+        super::versions,
+        super::health,
+        super::whoami,
+        super::openapi_json,
+        super::metrics,
+        super::gone,
+        super::tools::list,
+        super::tools::call,
+        super::tools::plugins,
+        super::tools::reload,
+    ),
+    components(schemas(ErrorBody, ToolCall, ToolResult, ToolList, ToolDescription, WhoAmI, Health, Versions, PluginList, ReloadResult)),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+)]
+pub struct ApiDoc;
+
+/// The document as JSON.
+pub fn document() -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serialises");
+    doc["info"]["version"] = Value::from(env!("CARGO_PKG_VERSION"));
+    doc
+}
