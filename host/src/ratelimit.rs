@@ -86,14 +86,18 @@ impl Limiter {
     pub fn admit(&self, bearer_hash: &str) -> Result<Admission, Rejection> {
         let state = {
             let mut map = self.bearers.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(bearer_hash.to_owned())
-                .or_insert_with(|| {
-                    Arc::new(BearerState {
-                        bucket: RateLimiter::direct(self.quota),
-                        in_flight: Arc::new(Semaphore::new(self.settings.max_in_flight_per_bearer)),
+            match map.get(bearer_hash) {
+                Some(s) => s.clone(),
+                None => map
+                    .entry(bearer_hash.to_owned())
+                    .or_insert_with(|| {
+                        Arc::new(BearerState {
+                            bucket: RateLimiter::direct(self.quota),
+                            in_flight: Arc::new(Semaphore::new(self.settings.max_in_flight_per_bearer)),
+                        })
                     })
-                })
-                .clone()
+                    .clone(),
+            }
         };
         if let Err(nu) = state.bucket.check() {
             return Err(Rejection::RateLimited { retry_after: self.retry_after(nu) });

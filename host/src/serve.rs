@@ -65,7 +65,7 @@ impl Gateway {
             max_in_flight_per_bearer: config.limits.max_in_flight_per_bearer,
             max_in_flight: config.limits.max_in_flight,
         }));
-        let state = AppState {
+        let state = AppState::new(crate::http::AppInner {
             runtime,
             metrics,
             auth,
@@ -73,7 +73,7 @@ impl Gateway {
             drain: Arc::new(Drain::default()),
             audit,
             max_body: config.server.max_body.0,
-        };
+        });
         Ok(Self { state, watchers })
     }
 

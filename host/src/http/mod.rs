@@ -36,9 +36,26 @@ pub const API_VERSIONING_DOCS: &str = "https://github.com/sluice-gateway/sluice/
 /// The request id header.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Shared state of every handler.
+/// Shared state of every handler: one `Arc`, so each layer's clone is a single refcount bump.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppInner>);
+
+impl AppState {
+    pub fn new(inner: AppInner) -> Self {
+        Self(Arc::new(inner))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppInner;
+
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+pub struct AppInner {
     pub runtime: Arc<Runtime>,
     pub metrics: Metrics,
     pub auth: Arc<AuthStore>,
@@ -89,7 +106,10 @@ impl Caller {
 
 /// The API router: everything on the API listener.
 pub fn api_router(state: AppState) -> Router {
-    let protected = Router::new()
+    Router::new()
+        .route("/api/versions", get(versions))
+        .route("/api/v1", any(gone))
+        .route("/api/v1/{*rest}", any(gone))
         .route("/api/v2/health", get(health))
         .route("/api/v2/whoami", get(whoami))
         .route("/api/v2/openapi.json", get(openapi_json))
@@ -99,17 +119,13 @@ pub fn api_router(state: AppState) -> Router {
         .route("/api/v2/admin/plugins/reload", post(tools::reload))
         .route("/metrics", get(metrics))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), limits))
-        .layer(middleware::from_fn_with_state(state.clone(), auth));
-    let public = Router::new()
-        .route("/api/versions", get(versions))
-        .route("/api/v1", any(gone))
-        .route("/api/v1/{*rest}", any(gone));
-    public
-        .merge(protected)
-        .layer(middleware::from_fn_with_state(state.clone(), request_id_and_metrics))
-        .layer(middleware::from_fn_with_state(state.clone(), drain_gate))
+        .layer(middleware::from_fn_with_state(state.clone(), front_door))
         .with_state(state)
+}
+
+/// Routes that need no bearer.
+fn is_public(path: &str) -> bool {
+    path == "/api/versions" || path == "/api/v1" || path.starts_with("/api/v1/")
 }
 
 /// The health router: liveness and readiness, no auth. Readiness fails once draining starts.
@@ -135,25 +151,21 @@ fn set_request_id(resp: &mut Response, id: &str) {
         .insert(X_REQUEST_ID.clone(), HeaderValue::from_str(id).expect("hex is a valid header value"));
 }
 
-/// Outermost: once draining, every new request gets 503 `shutting_down`; requests admitted
-/// before run to completion and are counted so the drain can wait for them.
-async fn drain_gate(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    match state.drain.enter() {
-        Some(_in_flight) => next.run(req).await,
-        None => {
-            let mut resp = ApiError::ShuttingDown.into_response();
-            set_request_id(&mut resp, &RequestId::generate().0);
-            resp
-        }
-    }
-}
-
-/// Gives every request an id (extension + `X-Request-Id` on the response) and records the
-/// request in the metrics under its route template.
-async fn request_id_and_metrics(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let started = Instant::now();
+/// The front door, one layer so a request pays for one hop, in the contract's order:
+///
+/// 1. drain gate: once draining, 503 `shutting_down` (`Retry-After: 5`); admitted requests are
+///    counted so the drain can wait for them;
+/// 2. request id (`X-Request-Id` on every response) and metrics under the route template;
+/// 3. bearer auth (except public routes): [`Caller`] for the handlers, 401 otherwise;
+/// 4. the bearer's token bucket and in-flight caps.
+async fn front_door(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let id = RequestId::generate();
-    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
+    let Some(_in_flight) = state.drain.enter() else {
+        let mut resp = ApiError::ShuttingDown.into_response();
+        set_request_id(&mut resp, &id.0);
+        return resp;
+    };
+    let started = Instant::now();
     let method = match req.method().as_str() {
         "GET" => "GET",
         "POST" => "POST",
@@ -164,17 +176,31 @@ async fn request_id_and_metrics(State(state): State<AppState>, mut req: Request,
         "PATCH" => "PATCH",
         _ => "other",
     };
-    req.extensions_mut().insert(id.clone());
-    let mut resp = next.run(req).await;
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let mut resp = if is_public(req.uri().path()) {
+        req.extensions_mut().insert(id.clone());
+        next.run(req).await
+    } else {
+        match authenticate(&state, &req, &id) {
+            Err(resp) => resp,
+            Ok(caller) => match state.limiter.admit(&caller.identity.bearer_hash) {
+                Err(rejection) => limited(&state, &caller, rejection),
+                Ok(_admission) => {
+                    req.extensions_mut().insert(caller);
+                    next.run(req).await
+                }
+            },
+        }
+    };
     set_request_id(&mut resp, &id.0);
-    state.metrics.http_request(&route, method, resp.status().as_u16(), started.elapsed());
+    let route = route.as_ref().map_or("unmatched", |p| p.as_str());
+    state.metrics.http_request(route, method, resp.status().as_u16(), started.elapsed());
     resp
 }
 
-/// `Authorization: Bearer <token>` → [`Caller`], or 401.
-async fn auth(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let req_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
-    let ip = source_ip(&req);
+/// `Authorization: Bearer <token>` → [`Caller`], or a 401 response (audited).
+fn authenticate(state: &AppState, req: &Request, id: &RequestId) -> Result<Caller, Response> {
+    let ip = source_ip(req);
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -188,38 +214,30 @@ async fn auth(State(state): State<AppState>, mut req: Request, next: Next) -> Re
         Some(t) => state.auth.authenticate(t).ok_or(("invalid_bearer", ApiError::InvalidBearer)),
     };
     match result {
-        Ok(identity) => {
-            req.extensions_mut().insert(Caller { req_id, identity, source_ip: ip });
-            next.run(req).await
-        }
+        Ok(identity) => Ok(Caller { req_id: id.0.clone(), identity, source_ip: ip }),
         Err((reason, err)) => {
             state.metrics.auth_failure(reason);
             // The hash of a presented token helps operators find a misconfigured client; the token never appears.
-            let presented = token.map(|t| crate::auth::token_hash(t));
+            let presented = token.map(crate::auth::token_hash);
             state.audit.record(
-                AuditEvent { req_id: Some(req_id), source_ip: ip, bearer_hash: presented, ..AuditEvent::new("auth_failure") }
+                AuditEvent { req_id: Some(id.0.clone()), source_ip: ip, bearer_hash: presented, ..AuditEvent::new("auth_failure") }
                     .with("reason", reason),
             );
-            err.into_response()
+            Err(err.into_response())
         }
     }
 }
 
-/// Per-bearer token bucket and in-flight caps.
-async fn limits(State(state): State<AppState>, Extension(caller): Extension<Caller>, req: Request, next: Next) -> Response {
-    match state.limiter.admit(&caller.identity.bearer_hash) {
-        Ok(_admission) => next.run(req).await,
-        Err(rejection) => {
-            let (kind, err) = match rejection {
-                Rejection::RateLimited { retry_after } => ("rate_limited", ApiError::RateLimited(retry_after)),
-                Rejection::BearerInFlight => ("in_flight_bearer", ApiError::InFlightCap { per_bearer: true }),
-                Rejection::ProcessInFlight => ("in_flight_process", ApiError::InFlightCap { per_bearer: false }),
-            };
-            state.metrics.rate_limited(kind);
-            state.audit.record(caller.audit("rate_limited").with("limit", kind));
-            err.into_response()
-        }
-    }
+/// The response to a request turned away by a limit (metered and audited).
+fn limited(state: &AppState, caller: &Caller, rejection: Rejection) -> Response {
+    let (kind, err) = match rejection {
+        Rejection::RateLimited { retry_after } => ("rate_limited", ApiError::RateLimited(retry_after)),
+        Rejection::BearerInFlight => ("in_flight_bearer", ApiError::InFlightCap { per_bearer: true }),
+        Rejection::ProcessInFlight => ("in_flight_process", ApiError::InFlightCap { per_bearer: false }),
+    };
+    state.metrics.rate_limited(kind);
+    state.audit.record(caller.audit("rate_limited").with("limit", kind));
+    err.into_response()
 }
 
 /// Supported API versions and capabilities. No auth; limited per source IP.

@@ -1,0 +1,186 @@
+//! Benchmark `gateway`: the whole front door against a bare axum route, in the same run, with a
+//! load generator on loopback.
+//!
+//! 1. `GET /api/v2/health` through drain gate, request id, metrics, bearer auth and the
+//!    per-bearer rate limit (set high) vs `GET /bare` on a bare axum router. Target ratio >= 0.85.
+//! 2. `POST /api/v2/tools/test.trivial` (authenticated, audited, a fresh component instance per
+//!    call) vs the bare route. Target ratio >= 0.5, p99 < 5 ms.
+//!
+//! The load generator keeps `CONNECTIONS` HTTP/1.1 keep-alive connections busy for each round;
+//! rounds of the contenders are interleaved and the median round is compared.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::routing::get;
+use sluice::auth::{AclEntry, AuthSource};
+use sluice::config::Config;
+use sluice::serve::Gateway;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const CONNECTIONS: usize = 32;
+const ROUND: Duration = Duration::from_secs(2);
+const ROUNDS: usize = 3;
+const TOKEN: &str = "bench-token-7d1e0c";
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned();
+    let scratch = std::env::temp_dir().join(format!("sluice-bench-gw-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(scratch.join("plugins")).unwrap();
+    let trivial = root.join("dist/fixtures/trivial.wasm");
+    std::fs::copy(&trivial, scratch.join("plugins/trivial.wasm"))
+        .unwrap_or_else(|e| panic!("{}: {e}; build the components first (scripts/dev bench does)", trivial.display()));
+
+    // The servers run on their own runtime; the load generator on another.
+    let server_rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let (bare, full) = server_rt.block_on(async {
+        let bare = serve(axum::Router::new().route("/bare", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))).await;
+        let mut config = Config::default();
+        config.database.path = scratch.join("bench.duckdb");
+        config.plugins.dir = scratch.join("plugins");
+        config.plugins.cache_dir = scratch.join("cache");
+        config.plugins.watch = false;
+        config.rate_limit.requests_per_second = 10_000_000;
+        config.rate_limit.burst = 10_000_000;
+        config.limits.max_in_flight_per_bearer = 10_000;
+        config.limits.max_in_flight = 10_000;
+        let auth = AuthSource::Static(vec![AclEntry {
+            key_name: "bench".into(),
+            token: Some(TOKEN.into()),
+            token_sha256: None,
+            allowed_clusters: vec![],
+        }]);
+        let audit = sluice::audit::AuditLog::file(Path::new("/dev/null")).unwrap();
+        let gateway = Gateway::build(&config, auth, audit).unwrap();
+        let full = serve(gateway.api()).await;
+        std::mem::forget(gateway);
+        (bare, full)
+    });
+
+    let load_rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let bare_req = format!("GET /bare HTTP/1.1\r\nHost: {bare}\r\n\r\n");
+    let health_req = format!("GET /api/v2/health HTTP/1.1\r\nHost: {full}\r\nAuthorization: Bearer {TOKEN}\r\n\r\n");
+    let body = r#"{"args":{}}"#;
+    let tool_req = format!(
+        "POST /api/v2/tools/test.trivial HTTP/1.1\r\nHost: {full}\r\nAuthorization: Bearer {TOKEN}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    println!("load: {CONNECTIONS} keep-alive connections, {ROUNDS} interleaved rounds of {ROUND:?}, median round");
+    let (mut b, mut h, mut t) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        b.push(load_rt.block_on(drive(bare, &bare_req)));
+        h.push(load_rt.block_on(drive(full, &health_req)));
+        t.push(load_rt.block_on(drive(full, &tool_req)));
+    }
+    let (b, h, t) = (median(b), median(h), median(t));
+    report("bare axum GET /bare", &b, None);
+    report("full stack GET /api/v2/health", &h, Some((&b, 0.85)));
+    report("full stack POST /api/v2/tools/test.trivial", &t, Some((&b, 0.5)));
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+async fn serve(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
+    });
+    addr
+}
+
+struct Round {
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+    errors: u64,
+}
+
+fn median(mut rounds: Vec<Round>) -> Round {
+    rounds.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+    rounds.swap_remove(rounds.len() / 2)
+}
+
+fn report(what: &str, r: &Round, baseline: Option<(&Round, f64)>) {
+    print!("{what:<44} {:>9.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms", r.rps, ms(r.p50), ms(r.p99));
+    if let Some((b, target)) = baseline {
+        print!("  ratio {:.3} (target >= {target})", r.rps / b.rps);
+    }
+    if r.errors > 0 {
+        print!("  ERRORS {}", r.errors);
+    }
+    println!();
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Keeps `CONNECTIONS` connections sending `request` back to back for one round.
+async fn drive(addr: SocketAddr, request: &str) -> Round {
+    let stop = Arc::new(AtomicBool::new(false));
+    let request: Arc<[u8]> = Arc::from(request.as_bytes());
+    let mut tasks = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let (stop, request) = (stop.clone(), request.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = TcpStream::connect(addr).await.unwrap();
+            conn.set_nodelay(true).unwrap();
+            let mut buf = Vec::with_capacity(4096);
+            let (mut lat, mut errors) = (Vec::new(), 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                conn.write_all(&request).await.unwrap();
+                let status = read_response(&mut conn, &mut buf).await;
+                lat.push(t.elapsed());
+                if status != 200 {
+                    errors += 1;
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(ROUND).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (lat, e) = t.await.unwrap();
+        all.extend(lat);
+        errors += e;
+    }
+    let elapsed = started.elapsed();
+    all.sort_unstable();
+    let pct = |p: f64| all[((all.len() - 1) as f64 * p) as usize];
+    Round { rps: all.len() as f64 / elapsed.as_secs_f64(), p50: pct(0.5), p99: pct(0.99), errors }
+}
+
+/// Reads one HTTP/1.1 response with a `content-length` body; returns its status.
+async fn read_response(conn: &mut TcpStream, buf: &mut Vec<u8>) -> u16 {
+    buf.clear();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buf[..end]).unwrap();
+            let status: u16 = head[9..12].parse().unwrap();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                .unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                let n = conn.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "connection closed mid-body");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return status;
+        }
+        let n = conn.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "connection closed");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
