@@ -72,10 +72,26 @@ fn main() {
     );
     println!("load: {CONNECTIONS} keep-alive connections, {ROUNDS} interleaved rounds of {ROUND:?}, median round");
     let (mut b, mut h, mut t) = (Vec::new(), Vec::new(), Vec::new());
+    // SLUICE_BENCH_ONLY=tool (or health) runs one contender, for profiling.
+    let only = std::env::var("SLUICE_BENCH_ONLY").unwrap_or_default();
     for _ in 0..ROUNDS {
-        b.push(load_rt.block_on(drive(bare, &bare_req)));
-        h.push(load_rt.block_on(drive(full, &health_req)));
-        t.push(load_rt.block_on(drive(full, &tool_req)));
+        if only.is_empty() {
+            b.push(load_rt.block_on(drive(bare, &bare_req)));
+        }
+        if only.is_empty() || only == "health" {
+            h.push(load_rt.block_on(drive(full, &health_req)));
+        }
+        if only.is_empty() || only == "tool" {
+            t.push(load_rt.block_on(drive(full, &tool_req)));
+        }
+    }
+    if !only.is_empty() {
+        for (name, r) in [("health", h), ("tool", t)] {
+            if !r.is_empty() {
+                report(name, &median(r), None);
+            }
+        }
+        return;
     }
     let (b, h, t) = (median(b), median(h), median(t));
     report("bare axum GET /bare", &b, None);

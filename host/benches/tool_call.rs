@@ -63,8 +63,16 @@ fn ctx() -> CallContext {
     CallContext { request_id: "0123456789abcdef".into(), allowed_clusters: Vec::new() }
 }
 
+thread_local! {
+    /// One executor for every call of the benchmark, as a server has.
+    static EXEC: tokio::runtime::Runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+}
+
 fn call(rt: &Runtime, tool: &Arc<LoadedTool>, args: &str) -> String {
-    rt.call_blocking(tool.clone(), ctx(), args, Instant::now() + Duration::from_secs(30)).unwrap().json
+    EXEC.with(|e| e.block_on(rt.call_until(tool.clone(), ctx(), args, Instant::now() + Duration::from_secs(30))))
+        .unwrap()
+        .json
 }
 
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {
@@ -97,7 +105,7 @@ fn trivial_call(rt: &Runtime, tool: &Arc<LoadedTool>) {
     let mut inst: Vec<Duration> = (0..N)
         .map(|_| {
             let t = Instant::now();
-            rt.instantiate_only(tool).unwrap();
+            EXEC.with(|e| e.block_on(rt.instantiate_only(tool))).unwrap();
             t.elapsed()
         })
         .collect();

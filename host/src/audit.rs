@@ -2,7 +2,7 @@
 //! failures with their full text, bearer rotations, plugin reloads, drain start and end), keyed
 //! by `req_id`. Never a token: only its SHA-256 (`bearer_hash`).
 
-use std::io::Write as _;
+use std::io::Write;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -12,9 +12,52 @@ use serde_json::{Map, Value};
 /// Where audit lines go.
 #[derive(Clone)]
 enum Sink {
-    Stderr,
-    File(Arc<Mutex<std::fs::File>>),
+    /// A writer thread (stderr or a file): requests never wait on a write or on each other.
+    Writer(std::sync::mpsc::SyncSender<Msg>),
     Memory(Arc<Mutex<Vec<Value>>>),
+}
+
+enum Msg {
+    Line(String),
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+/// Lines queued for the writer before a request has to wait (back-pressure, never loss).
+const QUEUE: usize = 65_536;
+
+fn writer_thread(mut out: Box<dyn std::io::Write + Send>) -> std::sync::mpsc::SyncSender<Msg> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(QUEUE);
+    std::thread::Builder::new()
+        .name("sluice-audit".into())
+        .spawn(move || {
+            let mut out = std::io::BufWriter::new(&mut out);
+            let mut failed = false;
+            // Ends when every sender is gone.
+            while let Ok(first) = rx.recv() {
+                let mut next = Some(first);
+                // Write everything queued, then flush once.
+                while let Some(msg) = next.take().or_else(|| rx.try_recv().ok()) {
+                    match msg {
+                        Msg::Line(l) => {
+                            if let Err(e) = writeln!(out, "{l}")
+                                && !failed
+                            {
+                                failed = true;
+                                tracing::error!(error = %e, "Cannot write the audit log.");
+                            }
+                        }
+                        Msg::Flush(ack) => {
+                            let _ = out.flush();
+                            let _ = ack.send(());
+                        }
+                    }
+                }
+                let _ = out.flush();
+            }
+            let _ = out.flush();
+        })
+        .expect("spawning the audit writer thread");
+    tx
 }
 
 /// The audit log. Cheap to clone.
@@ -53,7 +96,7 @@ impl AuditEvent {
 impl AuditLog {
     /// Audit lines on stderr (the default).
     pub fn stderr() -> Self {
-        Self { sink: Sink::Stderr }
+        Self { sink: Sink::Writer(writer_thread(Box::new(std::io::stderr()))) }
     }
 
     /// Audit lines appended to a file.
@@ -64,7 +107,7 @@ impl AuditLog {
             .append(true)
             .open(path)
             .with_context(|| format!("opening the audit log {}", path.display()))?;
-        Ok(Self { sink: Sink::File(Arc::new(Mutex::new(f))) })
+        Ok(Self { sink: Sink::Writer(writer_thread(Box::new(f))) })
     }
 
     /// Audit lines kept in memory (tests); returns the log and its lines.
@@ -92,14 +135,20 @@ impl AuditLog {
         line.extend(ev.extra);
         let value = Value::Object(line);
         match &self.sink {
-            Sink::Stderr => eprintln!("{value}"),
-            Sink::File(f) => {
-                let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
-                if let Err(e) = writeln!(f, "{value}") {
-                    tracing::error!(error = %e, "Cannot write the audit log.");
-                }
+            Sink::Writer(tx) => {
+                let _ = tx.send(Msg::Line(value.to_string()));
             }
             Sink::Memory(lines) => lines.lock().unwrap_or_else(|p| p.into_inner()).push(value),
+        }
+    }
+
+    /// Waits until every line recorded so far is written (call before exiting).
+    pub fn flush(&self) {
+        if let Sink::Writer(tx) = &self.sink {
+            let (ack, done) = std::sync::mpsc::channel();
+            if tx.send(Msg::Flush(ack)).is_ok() {
+                let _ = done.recv_timeout(std::time::Duration::from_secs(5));
+            }
         }
     }
 }

@@ -159,6 +159,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             drain.wait_idle(CANCEL_GRACE).await;
         }
         audit.record(AuditEvent::new("drain_end").with("clean", clean).with("in_flight", drain.in_flight()));
+        audit.flush();
         let _ = stop_tx.send(true);
     };
     let (a, h, ()) = tokio::join!(api, health, signal);

@@ -29,6 +29,17 @@ async fn an_infinite_loop_ends_at_its_deadline_with_tool_timeout() {
 }
 
 #[tokio::test]
+async fn a_tool_asleep_in_a_host_wait_ends_at_its_deadline_too() {
+    let gw = TestGateway::start(GatewayOptions::default().with_hostile());
+    let started = Instant::now();
+    let r = gw.call("test.hostile", json!({"mode": "sleep", "ms": 60_000})).await;
+    let took = started.elapsed();
+    r.assert_error(504, "tool_timeout");
+    assert!(took >= Duration::from_millis(650) && took < Duration::from_secs(5), "took {took:?}");
+    good_tool_still_works(&gw).await;
+}
+
+#[tokio::test]
 async fn a_memory_bomb_traps_at_the_limit_with_a_scrubbed_500() {
     let gw = TestGateway::start(GatewayOptions::default().with_hostile());
     let r = gw.call("test.hostile", json!({"mode": "oom"})).await;

@@ -51,6 +51,23 @@ pub struct Runtime {
     cancel: Arc<AtomicBool>,
 }
 
+/// Runs a future to completion from synchronous code (loading, the CLI, benchmarks): on the
+/// current multi-thread runtime when there is one, else on a private single-thread runtime (on
+/// a scoped thread when the caller is itself inside a single-thread runtime).
+pub(crate) fn block_on<F>(fut: F) -> F::Output
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    use tokio::runtime::{Builder, Handle, RuntimeFlavor};
+    let private = |fut: F| Builder::new_current_thread().enable_all().build().expect("building a runtime").block_on(fut);
+    match Handle::try_current() {
+        Err(_) => private(fut),
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(|| h.block_on(fut)),
+        Ok(_) => std::thread::scope(|s| s.spawn(|| private(fut)).join().expect("loader thread panicked")),
+    }
+}
+
 /// A successful call: the output and the version that produced it.
 #[derive(Debug)]
 pub struct CallOutput {
@@ -116,30 +133,37 @@ impl Runtime {
         &self.db
     }
 
-    /// Calls a tool from async code: waits for a call slot (bounded by the tool's deadline), then
-    /// runs the call on a blocking thread.
-    pub async fn call(
-        self: &Arc<Self>,
-        tool: Arc<LoadedTool>,
-        ctx: CallContext,
-        args: String,
-    ) -> Result<CallOutput, CallError> {
+    /// Calls a tool: waits for a call slot (bounded by the tool's deadline), then runs the call
+    /// on the executor. The guest yields at every epoch tick; a wall-clock timeout also ends a
+    /// call whose guest is parked in a host wait (such as a WASI sleep).
+    pub async fn call(&self, tool: Arc<LoadedTool>, ctx: CallContext, args: String) -> Result<CallOutput, CallError> {
         let deadline = Instant::now() + tool.deadline;
-        let permit = tokio::time::timeout(tool.deadline, self.permits.clone().acquire_owned())
+        let _permit = tokio::time::timeout(tool.deadline, self.permits.acquire())
             .await
             .map_err(|_| CallError::Busy)?
             .map_err(|_| CallError::Busy)?;
-        let rt = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            rt.call_blocking(tool, ctx, &args, deadline)
-        })
-        .await
-        .map_err(|e| CallError::Trap(format!("call task failed: {e}")))?
+        let limit = tool.deadline;
+        // The epoch check fires first for a running guest; this catches a parked one.
+        match tokio::time::timeout_at((deadline + 2 * engine::EPOCH_TICK).into(), self.call_until(tool, ctx, &args, deadline)).await {
+            Ok(r) => r,
+            Err(_) => Err(if self.cancel.load(Ordering::Relaxed) { CallError::Cancelled } else { CallError::Timeout(limit) }),
+        }
     }
 
-    /// Calls a tool on the current thread (CLI, benchmarks). `deadline` is absolute.
+    /// Calls a tool from synchronous code (CLI, benchmarks), on a private single-thread runtime.
     pub fn call_blocking(
+        &self,
+        tool: Arc<LoadedTool>,
+        ctx: CallContext,
+        args: &str,
+        deadline: Instant,
+    ) -> Result<CallOutput, CallError> {
+        block_on(self.call_until(tool, ctx, args, deadline))
+    }
+
+    /// Calls a tool with an absolute deadline, without waiting for a call slot (benchmarks and
+    /// embedding; the HTTP path uses [`Runtime::call`]).
+    pub async fn call_until(
         &self,
         tool: Arc<LoadedTool>,
         ctx: CallContext,
@@ -161,19 +185,20 @@ impl Runtime {
             deadline,
         );
         let mut store = tools::store(self.engine.engine(), state, deadline, self.cancel.clone());
-        let result = tool
-            .pre
-            .instantiate(&mut store)
-            .and_then(|t| t.call_call(&mut store, &ctx, args))
-            .map_err(|e| tools::classify(e, tool.deadline, &self.cancel))
-            .and_then(|r| r.map_err(CallError::Tool));
+        let result = async {
+            let t = tool.pre.instantiate_async(&mut store).await?;
+            t.call_call(&mut store, &ctx, args).await
+        }
+        .await
+        .map_err(|e| tools::classify(e, tool.deadline, &self.cancel))
+        .and_then(|r| r.map_err(CallError::Tool));
         self.metrics.plugin_call(&tool.name, started.elapsed(), result.as_ref().err());
         result.map(|json| CallOutput { json, tool })
     }
 
     /// Instantiates a tool in a fresh store without calling it: what every call pays before the
     /// guest runs. Used by the `tool_call` benchmark to split the cost of a call.
-    pub fn instantiate_only(&self, tool: &LoadedTool) -> Result<(), CallError> {
+    pub async fn instantiate_only(&self, tool: &LoadedTool) -> Result<(), CallError> {
         let deadline = Instant::now() + tool.deadline;
         let state = ToolState::new(
             self.db.clone(),
@@ -183,7 +208,11 @@ impl Runtime {
             deadline,
         );
         let mut store = tools::store(self.engine.engine(), state, deadline, self.cancel.clone());
-        tool.pre.instantiate(&mut store).map(drop).map_err(|e| tools::classify(e, tool.deadline, &self.cancel))
+        tool.pre
+            .instantiate_async(&mut store)
+            .await
+            .map(drop)
+            .map_err(|e| tools::classify(e, tool.deadline, &self.cancel))
     }
 
     /// Cancels every running call (and refuses new ones) and interrupts every running DuckDB
@@ -198,10 +227,11 @@ impl Runtime {
     }
 
     /// Watches the plugins directory and reloads on change, until the returned watcher is
-    /// dropped. Reloads run on a blocking thread, never on a request's path.
+    /// dropped. Debouncing and reloading happen on a dedicated thread, so neither request load
+    /// nor the executor's queue delays a swap.
     pub fn watch(self: &Arc<Self>) -> anyhow::Result<notify::RecommendedWatcher> {
         use anyhow::Context as _;
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res
                 && !matches!(ev.kind, notify::EventKind::Access(notify::event::AccessKind::Open(_)))
@@ -217,15 +247,19 @@ impl Runtime {
             .watch(&self.config.dir, notify::RecursiveMode::NonRecursive)
             .with_context(|| format!("watching {}", self.config.dir.display()))?;
         let rt = Arc::downgrade(self);
-        tokio::spawn(async move {
-            while rx.recv().await.is_some() {
-                // Gather the burst of events one save makes.
-                tokio::time::sleep(WATCH_DEBOUNCE).await;
-                while rx.try_recv().is_ok() {}
-                let Some(rt) = rt.upgrade() else { return };
-                let _ = tokio::task::spawn_blocking(move || rt.reload()).await;
-            }
-        });
+        std::thread::Builder::new()
+            .name("sluice-plugin-reloader".into())
+            .spawn(move || {
+                // Ends when the watcher (and with it the sender) is dropped.
+                while rx.recv().is_ok() {
+                    // Gather the burst of events one save makes.
+                    std::thread::sleep(WATCH_DEBOUNCE);
+                    while rx.try_recv().is_ok() {}
+                    let Some(rt) = rt.upgrade() else { return };
+                    rt.reload();
+                }
+            })
+            .context("spawning the plugin reloader thread")?;
         Ok(watcher)
     }
 }

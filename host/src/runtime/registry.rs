@@ -291,10 +291,11 @@ impl Runtime {
         );
         let never = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut store = tools::store(engine, state, Instant::now() + DESCRIBE_DEADLINE, never.clone());
-        let info: ToolInfo = pre
-            .instantiate(&mut store)
-            .and_then(|t| t.call_describe(&mut store))
-            .map_err(|e| match tools::classify(e, DESCRIBE_DEADLINE, &never) {
+        let info: ToolInfo = super::block_on(async {
+            let t = pre.instantiate_async(&mut store).await?;
+            t.call_describe(&mut store).await
+        })
+        .map_err(|e| match tools::classify(e, DESCRIBE_DEADLINE, &never) {
                 tools::CallError::Timeout(_) => anyhow::anyhow!("describe ran past {DESCRIBE_DEADLINE:?}"),
                 other => anyhow::anyhow!("describe failed: {other}"),
             })?;

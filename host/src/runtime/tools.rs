@@ -16,6 +16,8 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "tool",
+        imports: { default: async },
+        exports: { default: async },
     });
 }
 
@@ -70,14 +72,15 @@ impl WasiView for ToolState {
 /// Sluice host interfaces.
 pub fn linker(engine: &Engine) -> anyhow::Result<Linker<ToolState>> {
     let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     Tool::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
     Ok(linker)
 }
 
 /// A fresh store for one call, with its memory limit and deadline. On every epoch tick the
 /// store checks the deadline and the runtime's cancel flag (set at the end of a drain) and
-/// interrupts the guest when either says so.
+/// interrupts the guest when either says so; otherwise the guest yields to the executor, so a
+/// busy tool never holds a worker thread for more than a tick.
 pub fn store(engine: &Engine, state: ToolState, deadline: Instant, cancel: Arc<AtomicBool>) -> Store<ToolState> {
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limits);
@@ -86,7 +89,7 @@ pub fn store(engine: &Engine, state: ToolState, deadline: Instant, cancel: Arc<A
         if cancel.load(Ordering::Relaxed) || Instant::now() >= deadline {
             Err(Trap::Interrupt.into())
         } else {
-            Ok(UpdateDeadline::Continue(1))
+            Ok(UpdateDeadline::Yield(1))
         }
     });
     store
@@ -121,26 +124,33 @@ pub fn classify(err: wasmtime::Error, deadline: Duration, cancel: &AtomicBool) -
 }
 
 impl query::Host for ToolState {
-    fn query(&mut self, sql: String, params: Vec<WitValue>) -> Result<WitQueryResult, WitQueryError> {
-        self.run(&sql, params, RowLimit::Cap)
+    async fn query(&mut self, sql: String, params: Vec<WitValue>) -> Result<WitQueryResult, WitQueryError> {
+        self.run(sql, params, RowLimit::Cap).await
     }
 
-    fn query_at_most(
+    async fn query_at_most(
         &mut self,
         sql: String,
         params: Vec<WitValue>,
         max_rows: u32,
     ) -> Result<WitQueryResult, WitQueryError> {
-        self.run(&sql, params, RowLimit::AtMost(u64::from(max_rows)))
+        self.run(sql, params, RowLimit::AtMost(u64::from(max_rows))).await
     }
 }
 
 impl ToolState {
-    fn run(&mut self, sql: &str, params: Vec<WitValue>, limit: RowLimit) -> Result<WitQueryResult, WitQueryError> {
-        let span = tracing::debug_span!("host_query", plugin = %self.plugin, req_id = %self.request_id);
-        let _enter = span.enter();
+    /// Runs a query on the blocking pool (DuckDB blocks), bounded by the call's deadline.
+    async fn run(&mut self, sql: String, params: Vec<WitValue>, limit: RowLimit) -> Result<WitQueryResult, WitQueryError> {
         let params: Vec<db::Value> = params.into_iter().map(from_wit).collect();
-        match self.db.query_read_only(sql, &params, limit, Some(self.deadline)) {
+        let (db, deadline) = (self.db.clone(), self.deadline);
+        let span = tracing::debug_span!("host_query", plugin = %self.plugin, req_id = %self.request_id);
+        let result = tokio::task::spawn_blocking(move || {
+            let _enter = span.enter();
+            db.query_read_only(&sql, &params, limit, Some(deadline))
+        })
+        .await
+        .unwrap_or_else(|e| Err(db::QueryError::Internal(format!("query task failed: {e}"))));
+        match result {
             Ok(r) => Ok(to_wit(r)),
             Err(e) => {
                 tracing::debug!(error = %e, "Plugin query refused or failed.");
@@ -162,7 +172,7 @@ impl ToolState {
 }
 
 impl log::Host for ToolState {
-    fn log(&mut self, level: log::Level, mut message: String) {
+    async fn log(&mut self, level: log::Level, mut message: String) {
         if message.len() > MAX_LOG_MESSAGE {
             let mut cut = MAX_LOG_MESSAGE;
             while !message.is_char_boundary(cut) {
