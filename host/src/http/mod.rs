@@ -269,9 +269,7 @@ async fn versions(State(state): State<AppState>, req: Request) -> Response {
 /// Liveness of the API with the full version.
 #[utoipa::path(get, path = "/api/v2/health", responses(
         (status = 200, description = "Up", body = openapi::Health),
-        (status = 401, description = "`missing_bearer` / `invalid_bearer`, with `WWW-Authenticate: Bearer error=\"invalid_token\"`", body = openapi::ErrorBody),
-        (status = 429, description = "`rate_limited` (with `Retry-After`) or `in_flight_cap` for this bearer", body = openapi::ErrorBody),
-        (status = 503, description = "`shutting_down` (with `Retry-After: 5`) or `in_flight_cap` for the process", body = openapi::ErrorBody),
+        openapi::FrontDoorErrors,
 ))]
 async fn health() -> impl IntoResponse {
     axum::Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
@@ -280,9 +278,7 @@ async fn health() -> impl IntoResponse {
 /// The calling bearer: an opaque id, its clusters and capabilities (never its key name).
 #[utoipa::path(get, path = "/api/v2/whoami", responses(
         (status = 200, description = "The bearer", body = openapi::WhoAmI),
-        (status = 401, description = "`missing_bearer` / `invalid_bearer`, with `WWW-Authenticate: Bearer error=\"invalid_token\"`", body = openapi::ErrorBody),
-        (status = 429, description = "`rate_limited` (with `Retry-After`) or `in_flight_cap` for this bearer", body = openapi::ErrorBody),
-        (status = 503, description = "`shutting_down` (with `Retry-After: 5`) or `in_flight_cap` for the process", body = openapi::ErrorBody),
+        openapi::FrontDoorErrors,
 ))]
 async fn whoami(Extension(caller): Extension<Caller>) -> impl IntoResponse {
     let id = &caller.identity;
@@ -296,9 +292,7 @@ async fn whoami(Extension(caller): Extension<Caller>) -> impl IntoResponse {
 /// Prometheus metrics (text exposition format).
 #[utoipa::path(get, path = "/metrics", responses(
         (status = 200, description = "Prometheus text", content_type = "text/plain", body = String),
-        (status = 401, description = "`missing_bearer` / `invalid_bearer`, with `WWW-Authenticate: Bearer error=\"invalid_token\"`", body = openapi::ErrorBody),
-        (status = 429, description = "`rate_limited` (with `Retry-After`) or `in_flight_cap` for this bearer", body = openapi::ErrorBody),
-        (status = 503, description = "`shutting_down` (with `Retry-After: 5`) or `in_flight_cap` for the process", body = openapi::ErrorBody),
+        openapi::FrontDoorErrors,
 ))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
@@ -315,9 +309,7 @@ async fn gone() -> ApiError {
 /// This document.
 #[utoipa::path(get, path = "/api/v2/openapi.json", responses(
         (status = 200, description = "OpenAPI 3.1", body = Object),
-        (status = 401, description = "`missing_bearer` / `invalid_bearer`, with `WWW-Authenticate: Bearer error=\"invalid_token\"`", body = openapi::ErrorBody),
-        (status = 429, description = "`rate_limited` (with `Retry-After`) or `in_flight_cap` for this bearer", body = openapi::ErrorBody),
-        (status = 503, description = "`shutting_down` (with `Retry-After: 5`) or `in_flight_cap` for the process", body = openapi::ErrorBody),
+        openapi::FrontDoorErrors,
 ))]
 async fn openapi_json() -> impl IntoResponse {
     static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();

@@ -27,6 +27,21 @@ pub struct ErrorBody {
     req_id: Option<String>,
 }
 
+/// The answers every bearer-protected route may give before its handler runs.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum FrontDoorErrors {
+    /// `missing_bearer` / `invalid_bearer`, with `WWW-Authenticate: Bearer error="invalid_token"`
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// `rate_limited` (with `Retry-After`) or `in_flight_cap` for this bearer
+    #[response(status = 429)]
+    TooManyRequests(ErrorBody),
+    /// `shutting_down` (with `Retry-After: 5`) or `in_flight_cap` for the process
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
 /// `POST /api/v2/tools/{name}` body.
 #[derive(ToSchema)]
 #[allow(dead_code)]

@@ -20,9 +20,7 @@ pub static X_PLUGIN_VERSION: HeaderName = HeaderName::from_static("x-sluice-plug
 /// `GET /api/v2/tools/list`, filtered to the tools this bearer may call.
 #[utoipa::path(get, path = "/api/v2/tools/list", responses(
         (status = 200, description = "Tools with their input and output JSON Schemas", body = openapi::ToolList),
-        (status = 401, description = "`missing_bearer` / `invalid_bearer`, with `WWW-Authenticate: Bearer error=\"invalid_token\"`", body = openapi::ErrorBody),
-        (status = 429, description = "`rate_limited` (with `Retry-After`) or `in_flight_cap` for this bearer", body = openapi::ErrorBody),
-        (status = 503, description = "`shutting_down` (with `Retry-After: 5`) or `in_flight_cap` for the process", body = openapi::ErrorBody),
+        openapi::FrontDoorErrors,
 ))]
 pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> impl IntoResponse {
     let registry = state.runtime.registry();
@@ -53,9 +51,7 @@ pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Ca
         (status = 413, description = "`payload_too_large`", body = openapi::ErrorBody),
         (status = 500, description = "`tool_backend_failure`: scrubbed body with `tool` and `req_id`; the full error is in the audit log", body = openapi::ErrorBody),
         (status = 504, description = "`tool_timeout` (with `tool`, `deadline_ms`)", body = openapi::ErrorBody),
-        (status = 401, description = "`missing_bearer` / `invalid_bearer`, with `WWW-Authenticate: Bearer error=\"invalid_token\"`", body = openapi::ErrorBody),
-        (status = 429, description = "`rate_limited` (with `Retry-After`) or `in_flight_cap` for this bearer", body = openapi::ErrorBody),
-        (status = 503, description = "`shutting_down` (with `Retry-After: 5`) or `in_flight_cap` for the process", body = openapi::ErrorBody),
+        openapi::FrontDoorErrors,
 ))]
 pub async fn call(
     State(state): State<AppState>,
@@ -220,9 +216,7 @@ fn require_admin(caller: &Caller) -> Result<(), ApiError> {
 #[utoipa::path(get, path = "/api/v2/admin/plugins", responses(
         (status = 200, description = "Plugin files", body = openapi::PluginList),
         (status = 403, description = "`tenant_scoped_bearer_refused`", body = openapi::ErrorBody),
-        (status = 401, description = "`missing_bearer` / `invalid_bearer`, with `WWW-Authenticate: Bearer error=\"invalid_token\"`", body = openapi::ErrorBody),
-        (status = 429, description = "`rate_limited` (with `Retry-After`) or `in_flight_cap` for this bearer", body = openapi::ErrorBody),
-        (status = 503, description = "`shutting_down` (with `Retry-After: 5`) or `in_flight_cap` for the process", body = openapi::ErrorBody),
+        openapi::FrontDoorErrors,
 ))]
 pub async fn plugins(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Result<impl IntoResponse, ApiError> {
     require_admin(&caller)?;
@@ -234,9 +228,7 @@ pub async fn plugins(State(state): State<AppState>, Extension(caller): Extension
 #[utoipa::path(post, path = "/api/v2/admin/plugins/reload", responses(
         (status = 200, description = "What the reload did", body = openapi::ReloadResult),
         (status = 403, description = "`tenant_scoped_bearer_refused`", body = openapi::ErrorBody),
-        (status = 401, description = "`missing_bearer` / `invalid_bearer`, with `WWW-Authenticate: Bearer error=\"invalid_token\"`", body = openapi::ErrorBody),
-        (status = 429, description = "`rate_limited` (with `Retry-After`) or `in_flight_cap` for this bearer", body = openapi::ErrorBody),
-        (status = 503, description = "`shutting_down` (with `Retry-After: 5`) or `in_flight_cap` for the process", body = openapi::ErrorBody),
+        openapi::FrontDoorErrors,
 ))]
 pub async fn reload(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Result<impl IntoResponse, ApiError> {
     require_admin(&caller)?;
