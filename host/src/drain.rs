@@ -22,7 +22,8 @@ pub struct InFlight<'a>(&'a Drain);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // Only a drain waits for idleness; skip the notifier's lock otherwise.
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 && self.0.draining.load(Ordering::SeqCst) {
             self.0.idle.notify_waiters();
         }
     }
@@ -32,24 +33,24 @@ impl Drain {
     /// Admits a request unless draining. The count goes up before the check, so a request
     /// admitted concurrently with the start of the drain is always waited for.
     pub fn enter(&self) -> Option<InFlight<'_>> {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
         let guard = InFlight(self);
-        if self.draining.load(Ordering::Acquire) { None } else { Some(guard) }
+        if self.draining.load(Ordering::SeqCst) { None } else { Some(guard) }
     }
 
     /// Starts draining.
     pub fn start(&self) {
-        self.draining.store(true, Ordering::Release);
+        self.draining.store(true, Ordering::SeqCst);
     }
 
     /// Whether draining has started.
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
+        self.draining.load(Ordering::SeqCst)
     }
 
     /// Requests in flight.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
+        self.in_flight.load(Ordering::SeqCst)
     }
 
     /// Waits until no request is in flight, or `timeout`; returns whether it drained.

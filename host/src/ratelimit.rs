@@ -46,7 +46,8 @@ struct BearerState {
 pub struct Limiter {
     settings: LimitSettings,
     quota: Quota,
-    bearers: Mutex<HashMap<String, Arc<BearerState>>>,
+    /// Read on every request, written once per new bearer: lock-free reads.
+    bearers: arc_swap::ArcSwap<HashMap<String, Arc<BearerState>>>,
     process: Arc<Semaphore>,
     versions: Mutex<lru::LruCache<IpAddr, Arc<DefaultDirectRateLimiter>>>,
     clock: DefaultClock,
@@ -67,7 +68,7 @@ impl Limiter {
     pub fn new(settings: LimitSettings) -> Self {
         Self {
             quota: quota(settings.requests_per_second, settings.burst),
-            bearers: Mutex::new(HashMap::new()),
+            bearers: arc_swap::ArcSwap::from_pointee(HashMap::new()),
             process: Arc::new(Semaphore::new(settings.max_in_flight)),
             versions: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(VERSIONS_IP_CAPACITY).expect("non-zero"),
@@ -84,19 +85,23 @@ impl Limiter {
 
     /// Admits one request of the bearer with this digest, or says why not.
     pub fn admit(&self, bearer_hash: &str) -> Result<Admission, Rejection> {
-        let state = {
-            let mut map = self.bearers.lock().unwrap_or_else(|p| p.into_inner());
-            match map.get(bearer_hash) {
-                Some(s) => s.clone(),
-                None => map
-                    .entry(bearer_hash.to_owned())
-                    .or_insert_with(|| {
-                        Arc::new(BearerState {
-                            bucket: RateLimiter::direct(self.quota),
-                            in_flight: Arc::new(Semaphore::new(self.settings.max_in_flight_per_bearer)),
-                        })
-                    })
-                    .clone(),
+        let map = self.bearers.load();
+        let state = match map.get(bearer_hash) {
+            Some(s) => s.clone(),
+            None => {
+                drop(map);
+                let fresh = Arc::new(BearerState {
+                    bucket: RateLimiter::direct(self.quota),
+                    in_flight: Arc::new(Semaphore::new(self.settings.max_in_flight_per_bearer)),
+                });
+                // Another request of the same bearer may have inserted first: keep the winner.
+                let mut chosen = fresh.clone();
+                self.bearers.rcu(|m| {
+                    let mut m = HashMap::clone(m);
+                    chosen = m.entry(bearer_hash.to_owned()).or_insert_with(|| fresh.clone()).clone();
+                    m
+                });
+                chosen
             }
         };
         if let Err(nu) = state.bucket.check() {
