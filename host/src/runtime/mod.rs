@@ -142,11 +142,15 @@ impl Runtime {
             .await
             .map_err(|_| CallError::Busy)?
             .map_err(|_| CallError::Busy)?;
-        let limit = tool.deadline;
+        let (limit, name, started) = (tool.deadline, tool.name.clone(), Instant::now());
         // The epoch check fires first for a running guest; this catches a parked one.
         match tokio::time::timeout_at((deadline + 2 * engine::EPOCH_TICK).into(), self.call_until(tool, ctx, &args, deadline)).await {
             Ok(r) => r,
-            Err(_) => Err(if self.cancel.load(Ordering::Relaxed) { CallError::Cancelled } else { CallError::Timeout(limit) }),
+            Err(_) => {
+                let err = if self.cancel.load(Ordering::Relaxed) { CallError::Cancelled } else { CallError::Timeout(limit) };
+                self.metrics.plugin_call(&name, started.elapsed(), Some(&err));
+                Err(err)
+            }
         }
     }
 
