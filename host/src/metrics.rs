@@ -59,8 +59,11 @@ impl Metrics {
         )
         .expect("valid metric");
         let plugin_reloads = IntCounterVec::new(
-            Opts::new("sluice_plugin_reloads_total", "Component (re)loads by result (loaded, failed)."),
-            &["result"],
+            Opts::new(
+                "sluice_plugin_reloads_total",
+                "Component (re)loads by plugin file and result (loaded, failed).",
+            ),
+            &["plugin", "result"],
         )
         .expect("valid metric");
         let auth_failures = IntCounterVec::new(
@@ -131,10 +134,10 @@ impl Metrics {
         self.rate_limited.with_label_values(&[limit]).inc();
     }
 
-    /// Records the outcome of a reload.
-    pub fn plugin_reloads(&self, loaded: u64, failed: u64) {
-        self.plugin_reloads.with_label_values(&["loaded"]).inc_by(loaded);
-        self.plugin_reloads.with_label_values(&["failed"]).inc_by(failed);
+    /// Records the (re)load of one plugin file. File names come from the operator's plugins
+    /// directory, never from requests.
+    pub fn plugin_reload(&self, file: &str, ok: bool) {
+        self.plugin_reloads.with_label_values(&[file, if ok { "loaded" } else { "failed" }]).inc();
     }
 
     /// The Prometheus text exposition of every metric.

@@ -205,7 +205,11 @@ async fn metrics_need_the_bearer_and_use_only_bounded_labels() {
                 let v = v.trim_matches('"');
                 match k {
                     "route" => assert!(v == "unmatched" || v.starts_with("/api/") || v == "/metrics", "{line}"),
-                    "plugin" => assert!(v.starts_with("fleet.cluster.") || v.starts_with("test."), "{line}"),
+                    // Tool names for calls, plugin file names for reloads.
+                    "plugin" => assert!(
+                        v.starts_with("fleet.cluster.") || v.starts_with("test.") || v.ends_with(".wasm"),
+                        "{line}"
+                    ),
                     "status" => assert!(["1xx", "2xx", "3xx", "4xx", "5xx"].contains(&v), "{line}"),
                     _ => {}
                 }
@@ -215,6 +219,8 @@ async fn metrics_need_the_bearer_and_use_only_bounded_labels() {
     assert!(samples > 10);
     assert!(text.contains("sluice_auth_failures_total{reason=\"invalid_bearer\"} 1"));
     assert!(text.contains("route=\"/api/v2/tools/{name}\""));
+    assert!(text.contains("sluice_plugin_reloads_total{plugin=\"hostile.wasm\",result=\"loaded\"} 1"), "{text}");
+    assert!(text.contains("sluice_plugin_calls_total{outcome=\"trap\",plugin=\"test.hostile\"} 1"), "{text}");
 }
 
 #[tokio::test]

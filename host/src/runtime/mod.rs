@@ -227,7 +227,12 @@ impl Runtime {
     }
 
     fn metrics_reloaded(&self, report: &ReloadReport) {
-        self.metrics.plugin_reloads(report.loaded.len() as u64, report.failed.len() as u64);
+        for file in &report.loaded {
+            self.metrics.plugin_reload(file, true);
+        }
+        for (file, _) in &report.failed {
+            self.metrics.plugin_reload(file, false);
+        }
     }
 
     /// Watches the plugins directory and reloads on change, until the returned watcher is
