@@ -61,7 +61,7 @@ pub async fn call(
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
     let mut cluster_id = None;
-    let result = dispatch(&state, &caller, &name, body, &mut cluster_id).await;
+    let result = Box::pin(dispatch(&state, &caller, &name, body, &mut cluster_id)).await;
     let (status, error) = match &result {
         Ok(_) => (200, None),
         Err(ApiError::ToolBackendFailure { detail, .. }) => (500, Some(detail.clone())),

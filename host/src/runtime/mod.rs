@@ -144,7 +144,10 @@ impl Runtime {
             .map_err(|_| CallError::Busy)?;
         let (limit, name, started) = (tool.deadline, tool.name.clone(), Instant::now());
         // The epoch check fires first for a running guest; this catches a parked one.
-        match tokio::time::timeout_at((deadline + 2 * engine::EPOCH_TICK).into(), self.call_until(tool, ctx, &args, deadline)).await {
+        // Boxed: the call's future (wasmtime's instantiate and call states) is large, and a box
+        // keeps it from being copied as it is wrapped and polled.
+        let call = Box::pin(self.call_until(tool, ctx, &args, deadline));
+        match tokio::time::timeout_at((deadline + 2 * engine::EPOCH_TICK).into(), call).await {
             Ok(r) => r,
             Err(_) => {
                 let err = if self.cancel.load(Ordering::Relaxed) { CallError::Cancelled } else { CallError::Timeout(limit) };
