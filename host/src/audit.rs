@@ -125,27 +125,45 @@ impl AuditLog {
 
     /// Writes one line. Failing to write is logged, never fatal to the request.
     pub fn record(&self, ev: AuditEvent) {
-        let mut line = Map::new();
-        line.insert("ts".into(), humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string().into());
-        line.insert("event".into(), ev.event.into());
-        let opt = |line: &mut Map<String, Value>, k: &str, v: Option<String>| {
-            if let Some(v) = v {
-                line.insert(k.into(), v.into());
-            }
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            ts: String,
+            event: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            req_id: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            bearer_hash: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            bearer_key_name: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            source_ip: Option<IpAddr>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            tool: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            cluster_id: Option<&'a str>,
+            #[serde(flatten)]
+            extra: &'a Map<String, Value>,
+        }
+        let line = Line {
+            ts: humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+            event: ev.event,
+            req_id: ev.req_id.as_deref(),
+            bearer_hash: ev.bearer_hash.as_deref(),
+            bearer_key_name: ev.bearer_key_name.as_deref(),
+            source_ip: ev.source_ip,
+            tool: ev.tool.as_deref(),
+            cluster_id: ev.cluster_id.as_deref(),
+            extra: &ev.extra,
         };
-        opt(&mut line, "req_id", ev.req_id);
-        opt(&mut line, "bearer_hash", ev.bearer_hash);
-        opt(&mut line, "bearer_key_name", ev.bearer_key_name);
-        opt(&mut line, "source_ip", ev.source_ip.map(|ip| ip.to_string()));
-        opt(&mut line, "tool", ev.tool);
-        opt(&mut line, "cluster_id", ev.cluster_id);
-        line.extend(ev.extra);
-        let value = Value::Object(line);
         match &self.sink {
             Sink::Writer(tx) => {
-                let _ = tx.send(Msg::Line(value.to_string()));
+                let text = serde_json::to_string(&line).expect("an audit line serialises");
+                let _ = tx.send(Msg::Line(text));
             }
-            Sink::Memory(lines) => lines.lock().unwrap_or_else(|p| p.into_inner()).push(value),
+            Sink::Memory(lines) => {
+                let value = serde_json::to_value(&line).expect("an audit line serialises");
+                lines.lock().unwrap_or_else(|p| p.into_inner()).push(value);
+            }
         }
     }
 
