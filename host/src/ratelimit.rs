@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Default per-bearer rate (requests per second) and burst.
 pub const DEFAULT_RPS: u32 = 30;
@@ -39,7 +39,37 @@ pub struct LimitSettings {
 
 struct BearerState {
     bucket: DefaultDirectRateLimiter,
-    in_flight: Arc<Semaphore>,
+    in_flight: Arc<Gauge>,
+}
+
+/// A bounded count of requests in flight: one atomic add to enter and one to leave (a
+/// semaphore would also lock its waiter list on every release, and nothing ever waits here).
+struct Gauge {
+    current: AtomicUsize,
+    max: usize,
+}
+
+/// A place in a [`Gauge`], given back on drop.
+struct Slot(Arc<Gauge>);
+
+impl Gauge {
+    fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self { current: AtomicUsize::new(0), max })
+    }
+
+    fn enter(self: &Arc<Self>) -> Option<Slot> {
+        if self.current.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.current.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Slot(self.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.current.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The limiter.
@@ -48,15 +78,15 @@ pub struct Limiter {
     quota: Quota,
     /// Read on every request, written once per new bearer: lock-free reads.
     bearers: arc_swap::ArcSwap<HashMap<String, Arc<BearerState>>>,
-    process: Arc<Semaphore>,
+    process: Arc<Gauge>,
     versions: Mutex<lru::LruCache<IpAddr, Arc<DefaultDirectRateLimiter>>>,
     clock: DefaultClock,
 }
 
 /// What an admitted request holds until it finishes.
 pub struct Admission {
-    _bearer: OwnedSemaphorePermit,
-    _process: OwnedSemaphorePermit,
+    _bearer: Slot,
+    _process: Slot,
 }
 
 fn quota(rps: u32, burst: u32) -> Quota {
@@ -69,7 +99,7 @@ impl Limiter {
         Self {
             quota: quota(settings.requests_per_second, settings.burst),
             bearers: arc_swap::ArcSwap::from_pointee(HashMap::new()),
-            process: Arc::new(Semaphore::new(settings.max_in_flight)),
+            process: Gauge::new(settings.max_in_flight),
             versions: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(VERSIONS_IP_CAPACITY).expect("non-zero"),
             )),
@@ -92,7 +122,7 @@ impl Limiter {
                 drop(map);
                 let fresh = Arc::new(BearerState {
                     bucket: RateLimiter::direct(self.quota),
-                    in_flight: Arc::new(Semaphore::new(self.settings.max_in_flight_per_bearer)),
+                    in_flight: Gauge::new(self.settings.max_in_flight_per_bearer),
                 });
                 // Another request of the same bearer may have inserted first: keep the winner.
                 let mut chosen = fresh.clone();
@@ -107,8 +137,8 @@ impl Limiter {
         if let Err(nu) = state.bucket.check() {
             return Err(Rejection::RateLimited { retry_after: self.retry_after(nu) });
         }
-        let bearer = state.in_flight.clone().try_acquire_owned().map_err(|_| Rejection::BearerInFlight)?;
-        let process = self.process.clone().try_acquire_owned().map_err(|_| Rejection::ProcessInFlight)?;
+        let bearer = state.in_flight.enter().ok_or(Rejection::BearerInFlight)?;
+        let process = self.process.enter().ok_or(Rejection::ProcessInFlight)?;
         Ok(Admission { _bearer: bearer, _process: process })
     }
 
