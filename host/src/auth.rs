@@ -139,13 +139,10 @@ fn load(source: &AuthSource) -> anyhow::Result<Vec<([u8; 32], Identity)>> {
                 }
                 digest(t.trim().as_bytes())
             }
-            (None, Some(h)) => {
-                let bytes = hex::decode(h.trim())
-                    .ok()
-                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                    .with_context(|| format!("bearer {:?}: token_sha256 must be 64 hex characters", e.key_name))?;
-                bytes
-            }
+            (None, Some(h)) => hex::decode(h.trim())
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .with_context(|| format!("bearer {:?}: token_sha256 must be 64 hex characters", e.key_name))?,
             _ => anyhow::bail!("bearer {:?}: give exactly one of token and token_sha256", e.key_name),
         };
         for c in &e.allowed_clusters {

@@ -297,7 +297,7 @@ fn run_read_only(
         let n = s.column_count();
         out.columns = (0..n)
             .map(|i| {
-                let name = s.column_name(i).map(String::clone).unwrap_or_default();
+                let name = s.column_name(i).cloned().unwrap_or_default();
                 (name, column_type(&s.column_type(i)))
             })
             .collect();

@@ -199,6 +199,7 @@ async fn front_door(State(state): State<AppState>, mut req: Request, next: Next)
 }
 
 /// `Authorization: Bearer <token>` → [`Caller`], or a 401 response (audited).
+#[allow(clippy::result_large_err)] // The error is the response itself, built once on a cold path.
 fn authenticate(state: &AppState, req: &Request, id: &RequestId) -> Result<Caller, Response> {
     let ip = source_ip(req);
     let token = req
