@@ -39,7 +39,12 @@ fn main() {
     // The servers run on their own runtime; the load generator on another.
     let server_rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let (bare, full) = server_rt.block_on(async {
-        let bare = serve(axum::Router::new().route("/bare", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))).await;
+        // The baseline answers what /api/v2/health answers, so the comparison measures the stack.
+        let bare = serve(axum::Router::new().route(
+            "/bare",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")})) }),
+        ))
+        .await;
         let mut config = Config::default();
         config.database.path = scratch.join("bench.duckdb");
         config.plugins.dir = scratch.join("plugins");
