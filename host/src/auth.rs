@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
-use notify::Watcher as _;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -243,30 +242,21 @@ impl AuthStore {
     /// Watches the source file and reloads on change until the watcher is dropped.
     pub fn watch(self: &Arc<Self>) -> anyhow::Result<Option<notify::RecommendedWatcher>> {
         let Some(path) = self.path().map(Path::to_owned) else { return Ok(None) };
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
         let name = path.file_name().map(|n| n.to_owned());
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        // Watch the directory: editors and deploy tools replace the file rather than write it.
-        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(ev) = res
-                && !matches!(ev.kind, notify::EventKind::Access(notify::event::AccessKind::Open(_)))
-                && ev.paths.iter().any(|p| p.file_name() == name.as_deref())
-            {
-                let _ = tx.send(());
-            }
-        })?;
-        watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
         let store = Arc::downgrade(self);
-        tokio::spawn(async move {
-            while rx.recv().await.is_some() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                while rx.try_recv().is_ok() {}
-                let Some(store) = store.upgrade() else { return };
+        let watcher = crate::watch::watch(
+            "sluice-bearer-reloader",
+            &[crate::watch::parent_dir(&path)],
+            move |p| p.file_name() == name.as_deref(),
+            Duration::from_millis(50),
+            move || {
+                let Some(store) = store.upgrade() else { return false };
                 if let Err(e) = store.reload() {
                     tracing::error!(error = %format!("{e:#}"), "Bearer file change not applied; the previous bearers stay in force.");
                 }
-            }
-        });
+                true
+            },
+        )?;
         Ok(Some(watcher))
     }
 }

@@ -20,3 +20,4 @@ pub mod ratelimit;
 pub mod runtime;
 pub mod serve;
 pub mod tls;
+pub mod watch;

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum_server::tls_rustls::RustlsConfig;
-use notify::Watcher as _;
 
 /// Loads the certificate chain and private key.
 pub async fn load(cert: &Path, key: &Path) -> anyhow::Result<RustlsConfig> {
@@ -22,36 +21,23 @@ pub async fn load(cert: &Path, key: &Path) -> anyhow::Result<RustlsConfig> {
 }
 
 /// Reloads `config` whenever the certificate or key file changes, until the watcher is dropped.
-/// A pair that fails to load leaves the current one in place.
+/// A pair that fails to load leaves the current one in place. Call inside a tokio runtime.
 pub fn watch(config: RustlsConfig, cert: PathBuf, key: PathBuf) -> anyhow::Result<notify::RecommendedWatcher> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let names = [cert.file_name().map(|n| n.to_owned()), key.file_name().map(|n| n.to_owned())];
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(ev) = res
-            && !matches!(ev.kind, notify::EventKind::Access(notify::event::AccessKind::Open(_)))
-            && ev.paths.iter().any(|p| names.iter().any(|n| p.file_name() == n.as_deref()))
-        {
-            let _ = tx.send(());
-        }
-    })?;
-    let mut dirs: Vec<PathBuf> = [&cert, &key]
-        .iter()
-        .map(|p| p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned())
-        .collect();
-    dirs.dedup();
-    for d in &dirs {
-        watcher.watch(d, notify::RecursiveMode::NonRecursive)?;
-    }
-    tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            // Certificate and key are often replaced one after the other: let both land.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            while rx.try_recv().is_ok() {}
-            match config.reload_from_pem_file(&cert, &key).await {
+    let runtime = tokio::runtime::Handle::current();
+    let dirs = [crate::watch::parent_dir(&cert), crate::watch::parent_dir(&key)];
+    crate::watch::watch(
+        "sluice-tls-reloader",
+        &dirs,
+        move |p| names.iter().any(|n| p.file_name() == n.as_deref()),
+        // Certificate and key are often replaced one after the other: let both land.
+        Duration::from_millis(200),
+        move || {
+            match runtime.block_on(config.reload_from_pem_file(&cert, &key)) {
                 Ok(()) => tracing::info!(cert = %cert.display(), "TLS certificate reloaded."),
                 Err(e) => tracing::error!(cert = %cert.display(), error = %e, "TLS certificate change not applied; the previous certificate stays in use."),
             }
-        }
-    });
-    Ok(watcher)
+            true
+        },
+    )
 }

@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use notify::Watcher as _;
 use tokio::sync::Semaphore;
 use wasmtime::component::Linker;
 
@@ -239,39 +238,22 @@ impl Runtime {
     }
 
     /// Watches the plugins directory and reloads on change, until the returned watcher is
-    /// dropped. Debouncing and reloading happen on a dedicated thread, so neither request load
-    /// nor the executor's queue delays a swap.
+    /// dropped (see [`crate::watch`]).
     pub fn watch(self: &Arc<Self>) -> anyhow::Result<notify::RecommendedWatcher> {
         use anyhow::Context as _;
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(ev) = res
-                && !matches!(ev.kind, notify::EventKind::Access(notify::event::AccessKind::Open(_)))
-                && ev.paths.iter().any(|p| p.extension().is_some_and(|e| e == "wasm"))
-            {
-                let _ = tx.send(());
-            }
-        })
-        .context("starting the plugins directory watcher")?;
         std::fs::create_dir_all(&self.config.dir)
             .with_context(|| format!("creating the plugins directory {}", self.config.dir.display()))?;
-        watcher
-            .watch(&self.config.dir, notify::RecursiveMode::NonRecursive)
-            .with_context(|| format!("watching {}", self.config.dir.display()))?;
         let rt = Arc::downgrade(self);
-        std::thread::Builder::new()
-            .name("sluice-plugin-reloader".into())
-            .spawn(move || {
-                // Ends when the watcher (and with it the sender) is dropped.
-                while rx.recv().is_ok() {
-                    // Gather the burst of events one save makes.
-                    std::thread::sleep(WATCH_DEBOUNCE);
-                    while rx.try_recv().is_ok() {}
-                    let Some(rt) = rt.upgrade() else { return };
-                    rt.reload();
-                }
-            })
-            .context("spawning the plugin reloader thread")?;
-        Ok(watcher)
+        crate::watch::watch(
+            "sluice-plugin-reloader",
+            std::slice::from_ref(&self.config.dir),
+            |p| p.extension().is_some_and(|e| e == "wasm"),
+            WATCH_DEBOUNCE,
+            move || {
+                let Some(rt) = rt.upgrade() else { return false };
+                rt.reload();
+                true
+            },
+        )
     }
 }
