@@ -105,11 +105,20 @@ fn main() {
     let _ = std::fs::remove_dir_all(&scratch);
 }
 
-async fn serve(app: axum::Router) -> SocketAddr {
+/// Serves `app` as the gateway serves its API (with the peer address as `ConnectInfo`).
+async fn serve<S>(app: S) -> SocketAddr
+where
+    S: tower::Service<axum::extract::Request, Response = axum::response::Response, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let service = axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(app);
     tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
+        axum::serve(listener, service).await.unwrap();
     });
     addr
 }

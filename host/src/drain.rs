@@ -17,25 +17,25 @@ pub struct Drain {
     idle: Notify,
 }
 
-/// Held by an admitted request; dropping it may wake the drainer.
-pub struct InFlight<'a>(&'a Drain);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        // Only a drain waits for idleness; skip the notifier's lock otherwise.
-        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 && self.0.draining.load(Ordering::SeqCst) {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
-
 impl Drain {
-    /// Admits a request unless draining. The count goes up before the check, so a request
-    /// admitted concurrently with the start of the drain is always waited for.
-    pub fn enter(&self) -> Option<InFlight<'_>> {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        let guard = InFlight(self);
-        if self.draining.load(Ordering::SeqCst) { None } else { Some(guard) }
+    /// Admits a request unless draining, and returns how many are in flight with it. The count
+    /// goes up before the check, so a request admitted concurrently with the start of the drain
+    /// is always waited for. Every admission must be followed by one [`Drain::leave`].
+    pub fn try_enter(&self) -> Option<usize> {
+        let n = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.draining.load(Ordering::SeqCst) {
+            self.leave();
+            return None;
+        }
+        Some(n)
+    }
+
+    /// Ends an admitted request; the last one out during a drain wakes the drainer.
+    pub fn leave(&self) {
+        // Only a drain waits for idleness; skip the notifier's lock otherwise.
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 && self.draining.load(Ordering::SeqCst) {
+            self.idle.notify_waiters();
+        }
     }
 
     /// Starts draining.

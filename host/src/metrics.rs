@@ -1,13 +1,61 @@
 //! Prometheus metrics. Label values come only from bounded sets: route templates, methods,
 //! status classes, loaded tool names and fixed outcome names.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
+use axum::http::Method;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder, exponential_buckets,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+    exponential_buckets,
 };
 
 use crate::runtime::CallError;
+
+/// Method label values; [`method_index`] maps a request's method to one of them.
+const METHODS: [&str; 8] = ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "other"];
+/// Status class label values, by `status / 100 - 1` (anything else counts as `5xx`).
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The index of a method's label value (unusual methods share `other`).
+pub fn method_index(m: &Method) -> usize {
+    match *m {
+        Method::GET => 0,
+        Method::POST => 1,
+        Method::PUT => 2,
+        Method::DELETE => 3,
+        Method::HEAD => 4,
+        Method::OPTIONS => 5,
+        Method::PATCH => 6,
+        _ => 7,
+    }
+}
+
+/// The HTTP metrics of one route template (see [`Metrics::http_route`]).
+pub struct HttpRouteMetrics {
+    route: &'static str,
+    requests_vec: IntCounterVec,
+    duration_vec: HistogramVec,
+    requests: [[OnceLock<IntCounter>; STATUS_CLASSES.len()]; METHODS.len()],
+    duration: OnceLock<Histogram>,
+}
+
+impl HttpRouteMetrics {
+    /// Records one request; `method` from [`method_index`].
+    pub fn record(&self, method: usize, status: u16, elapsed: Duration) {
+        let class = match status {
+            100..=599 => usize::from(status / 100 - 1),
+            _ => 4,
+        };
+        let method = method.min(METHODS.len() - 1);
+        self.requests[method][class]
+            .get_or_init(|| self.requests_vec.with_label_values(&[self.route, METHODS[method], STATUS_CLASSES[class]]))
+            .inc();
+        self.duration
+            .get_or_init(|| self.duration_vec.with_label_values(&[self.route]))
+            .observe(elapsed.as_secs_f64());
+    }
+}
 
 /// Every metric the gateway exports. Cheap to clone.
 #[derive(Clone)]
@@ -97,17 +145,16 @@ impl Metrics {
         }
     }
 
-    /// Records one HTTP request.
-    pub fn http_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
-        let class = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        self.http_requests.with_label_values(&[route, method, class]).inc();
-        self.http_duration.with_label_values(&[route]).observe(elapsed.as_secs_f64());
+    /// The HTTP metrics of one route template, resolved once: recording a request then costs
+    /// no label hashing and no registry lock. Series appear when first recorded.
+    pub fn http_route(&self, route: &'static str) -> HttpRouteMetrics {
+        HttpRouteMetrics {
+            route,
+            requests_vec: self.http_requests.clone(),
+            duration_vec: self.http_duration.clone(),
+            requests: Default::default(),
+            duration: OnceLock::new(),
+        }
     }
 
     /// Records one tool call.

@@ -37,39 +37,13 @@ pub struct LimitSettings {
     pub max_in_flight: usize,
 }
 
+/// One bearer's bucket and its count of requests in flight: a bounded counter, one atomic add
+/// to enter and one to leave (a semaphore would also lock its waiter list on every release, and
+/// nothing ever waits here).
 struct BearerState {
     bucket: DefaultDirectRateLimiter,
-    in_flight: Arc<Gauge>,
-}
-
-/// A bounded count of requests in flight: one atomic add to enter and one to leave (a
-/// semaphore would also lock its waiter list on every release, and nothing ever waits here).
-struct Gauge {
-    current: AtomicUsize,
-    max: usize,
-}
-
-/// A place in a [`Gauge`], given back on drop.
-struct Slot(Arc<Gauge>);
-
-impl Gauge {
-    fn new(max: usize) -> Arc<Self> {
-        Arc::new(Self { current: AtomicUsize::new(0), max })
-    }
-
-    fn enter(self: &Arc<Self>) -> Option<Slot> {
-        if self.current.fetch_add(1, Ordering::AcqRel) >= self.max {
-            self.current.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(Slot(self.clone()))
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.current.fetch_sub(1, Ordering::AcqRel);
-    }
+    in_flight: AtomicUsize,
+    max_in_flight: usize,
 }
 
 /// The limiter.
@@ -78,15 +52,17 @@ pub struct Limiter {
     quota: Quota,
     /// Read on every request, written once per new bearer: lock-free reads.
     bearers: arc_swap::ArcSwap<HashMap<String, Arc<BearerState>>>,
-    process: Arc<Gauge>,
     versions: Mutex<lru::LruCache<IpAddr, Arc<DefaultDirectRateLimiter>>>,
     clock: DefaultClock,
 }
 
-/// What an admitted request holds until it finishes.
-pub struct Admission {
-    _bearer: Slot,
-    _process: Slot,
+/// What an admitted request holds until it finishes: its place in the bearer's in-flight count.
+pub struct Admission(Arc<BearerState>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 fn quota(rps: u32, burst: u32) -> Quota {
@@ -99,7 +75,6 @@ impl Limiter {
         Self {
             quota: quota(settings.requests_per_second, settings.burst),
             bearers: arc_swap::ArcSwap::from_pointee(HashMap::new()),
-            process: Gauge::new(settings.max_in_flight),
             versions: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(VERSIONS_IP_CAPACITY).expect("non-zero"),
             )),
@@ -113,8 +88,10 @@ impl Limiter {
         wait.as_secs_f64().ceil().max(1.0) as u64
     }
 
-    /// Admits one request of the bearer with this digest, or says why not.
-    pub fn admit(&self, bearer_hash: &str) -> Result<Admission, Rejection> {
+    /// Admits one request of the bearer with this digest, or says why not. `process_in_flight`
+    /// is the number of requests the process has in flight, this one included (the drain gate
+    /// counts them already; counting twice would cost every request two more shared atomics).
+    pub fn admit(&self, bearer_hash: &str, process_in_flight: usize) -> Result<Admission, Rejection> {
         let map = self.bearers.load();
         let state = match map.get(bearer_hash) {
             Some(s) => s.clone(),
@@ -122,7 +99,8 @@ impl Limiter {
                 drop(map);
                 let fresh = Arc::new(BearerState {
                     bucket: RateLimiter::direct(self.quota),
-                    in_flight: Gauge::new(self.settings.max_in_flight_per_bearer),
+                    in_flight: AtomicUsize::new(0),
+                    max_in_flight: self.settings.max_in_flight_per_bearer,
                 });
                 // Another request of the same bearer may have inserted first: keep the winner.
                 let mut chosen = fresh.clone();
@@ -137,9 +115,14 @@ impl Limiter {
         if let Err(nu) = state.bucket.check() {
             return Err(Rejection::RateLimited { retry_after: self.retry_after(nu) });
         }
-        let bearer = state.in_flight.enter().ok_or(Rejection::BearerInFlight)?;
-        let process = self.process.enter().ok_or(Rejection::ProcessInFlight)?;
-        Ok(Admission { _bearer: bearer, _process: process })
+        if process_in_flight > self.settings.max_in_flight {
+            return Err(Rejection::ProcessInFlight);
+        }
+        if state.in_flight.fetch_add(1, Ordering::AcqRel) >= state.max_in_flight {
+            state.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(Rejection::BearerInFlight);
+        }
+        Ok(Admission(state))
     }
 
     /// Admits one `/api/versions` request from `ip` (30 rps, burst 100 per IP).
@@ -160,21 +143,21 @@ mod tests {
     fn burst_then_rejection_with_retry_after_per_bearer() {
         let l = Limiter::new(LimitSettings { requests_per_second: 1, burst: 5, max_in_flight_per_bearer: 100, max_in_flight: 100 });
         for _ in 0..5 {
-            l.admit("a").unwrap();
+            l.admit("a", 1).unwrap();
         }
-        assert!(matches!(l.admit("a"), Err(Rejection::RateLimited { retry_after: 1 })));
-        l.admit("b").unwrap();
+        assert!(matches!(l.admit("a", 1), Err(Rejection::RateLimited { retry_after: 1 })));
+        l.admit("b", 1).unwrap();
     }
 
     #[test]
     fn in_flight_caps_per_bearer_and_process() {
         let l = Limiter::new(LimitSettings { requests_per_second: 1000, burst: 1000, max_in_flight_per_bearer: 2, max_in_flight: 3 });
-        let a1 = l.admit("a").unwrap();
-        let _a2 = l.admit("a").unwrap();
-        assert!(matches!(l.admit("a"), Err(Rejection::BearerInFlight)));
-        let _b1 = l.admit("b").unwrap();
-        assert!(matches!(l.admit("b"), Err(Rejection::ProcessInFlight)));
+        let a1 = l.admit("a", 1).unwrap();
+        let _a2 = l.admit("a", 2).unwrap();
+        assert!(matches!(l.admit("a", 3), Err(Rejection::BearerInFlight)));
+        let _b1 = l.admit("b", 3).unwrap();
+        assert!(matches!(l.admit("b", 4), Err(Rejection::ProcessInFlight)));
         drop(a1);
-        l.admit("b").unwrap();
+        assert!(matches!(l.admit("a", 3), Ok(_)));
     }
 }

@@ -12,7 +12,7 @@ use crate::auth::{AuthSource, AuthStore};
 use crate::config::Config;
 use crate::db::Database;
 use crate::drain::Drain;
-use crate::http::{AppState, api_router, health_router};
+use crate::http::{AppState, FrontDoor, api_service, health_router};
 use crate::metrics::Metrics;
 use crate::ratelimit::{LimitSettings, Limiter};
 use crate::runtime::Runtime;
@@ -77,9 +77,9 @@ impl Gateway {
         Ok(Self { state, watchers })
     }
 
-    /// The API router with its body limit.
-    pub fn api(&self) -> axum::Router {
-        api_router(self.state.clone()).layer(axum::extract::DefaultBodyLimit::max(self.state.max_body))
+    /// The API service: the front door around the router.
+    pub fn api(&self) -> FrontDoor {
+        api_service(self.state.clone(), self.state.max_body)
     }
 
     /// The runtime.
@@ -181,13 +181,26 @@ async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
 
 /// Serves `app` on `listener` (HTTPS when `tls` is given) until `stop` turns true, then finishes
 /// open requests and returns.
-async fn serve_on(
+async fn serve_on<S>(
     listener: TcpListener,
-    app: axum::Router,
+    app: S,
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+) -> std::io::Result<()>
+where
+    S: tower::Service<axum::extract::Request, Response = axum::response::Response, Error = std::convert::Infallible>
+        + tower::Service<
+            axum::http::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    <S as tower::Service<axum::extract::Request>>::Future: Send,
+    <S as tower::Service<axum::http::Request<hyper::body::Incoming>>>::Future: Send,
+{
+    let service = axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(app);
     match tls {
         None => axum::serve(listener, service).with_graceful_shutdown(wait_for(stop)).await,
         Some(tls) => {

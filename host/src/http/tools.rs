@@ -86,7 +86,7 @@ async fn dispatch(
     cluster_id: &mut Option<String>,
 ) -> Result<Response, ApiError> {
     let name = name.to_owned();
-    let req_id = super::RequestId(caller.req_id.clone());
+    let req_id = caller.req_id.to_string();
     let identity = &caller.identity;
     if !is_valid_tool_name(&name) {
         return Err(ApiError::InvalidRequest(format!(
@@ -132,15 +132,15 @@ async fn dispatch(
             }
         }
     }
-    let ctx = CallContext { request_id: req_id.0.clone(), allowed_clusters: identity.allowed_clusters.clone() };
+    let ctx = CallContext { request_id: req_id.clone(), allowed_clusters: identity.allowed_clusters.clone() };
     let out = state
         .runtime
         .call(tool.clone(), ctx, args.to_string())
         .await
-        .map_err(|e| map_call_error(e, &tool, &req_id.0))?;
+        .map_err(|e| map_call_error(e, &tool, &req_id))?;
     let result: Box<RawValue> = serde_json::from_str(&out.json).map_err(|e| ApiError::ToolBackendFailure {
         tool: name.clone(),
-        req_id: req_id.0.clone(),
+        req_id: req_id.clone(),
         detail: format!("tool returned invalid JSON: {e}"),
     })?;
     let mut body = String::with_capacity(out.json.len() + 12);
@@ -234,7 +234,7 @@ pub async fn reload(State(state): State<AppState>, Extension(caller): Extension<
     require_admin(&caller)?;
     let rt = state.runtime.clone();
     let report = tokio::task::spawn_blocking(move || rt.reload()).await.map_err(|e| {
-        ApiError::ToolBackendFailure { tool: "admin.reload".into(), req_id: caller.req_id.clone(), detail: e.to_string() }
+        ApiError::ToolBackendFailure { tool: "admin.reload".into(), req_id: caller.req_id.to_string(), detail: e.to_string() }
     })?;
     state.audit.record(
         caller
