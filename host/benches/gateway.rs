@@ -77,10 +77,10 @@ fn main() {
     );
     println!("load: {CONNECTIONS} keep-alive connections, {ROUNDS} interleaved rounds of {ROUND:?}, median round");
     let (mut b, mut h, mut t) = (Vec::new(), Vec::new(), Vec::new());
-    // SLUICE_BENCH_ONLY=tool (or health) runs one contender, for profiling.
+    // SLUICE_BENCH_ONLY=bare|health|tool runs one contender, for profiling.
     let only = std::env::var("SLUICE_BENCH_ONLY").unwrap_or_default();
     for _ in 0..ROUNDS {
-        if only.is_empty() {
+        if only.is_empty() || only == "bare" {
             b.push(load_rt.block_on(drive(bare, &bare_req)));
         }
         if only.is_empty() || only == "health" {
@@ -91,7 +91,7 @@ fn main() {
         }
     }
     if !only.is_empty() {
-        for (name, r) in [("health", h), ("tool", t)] {
+        for (name, r) in [("bare", b), ("health", h), ("tool", t)] {
             if !r.is_empty() {
                 report(name, &median(r), None);
             }
