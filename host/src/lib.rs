@@ -9,10 +9,12 @@
 //! - [`demo`]: synthetic fleet data.
 
 pub mod audit;
+pub mod authoring;
 pub mod auth;
 pub mod config;
 pub mod db;
 pub mod demo;
+pub mod dev;
 pub mod drain;
 pub mod http;
 pub mod metrics;

@@ -22,8 +22,76 @@ enum Command {
     /// Demo data.
     #[command(subcommand)]
     Demo(DemoCommand),
+    /// Call a tool once against the local database, without the HTTP server (same as
+    /// `sluice plugin call`).
+    Call(CallArgs),
+    /// Write, build, inspect and try plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// The author's loop: serve on loopback with demo data, rebuild and hot-swap plugin crates
+    /// when their sources change.
+    Dev(DevArgs),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Create a plugin crate from the template.
+    New {
+        /// `tool` (sinks arrive with the sink world).
+        kind: PluginKind,
+        /// The tool's name, e.g. acme.top_nodes (^[a-z][a-z0-9_.]{1,127}$); the crate is acme-top-nodes.
+        name: String,
+        /// Directory to create (default: ./<crate name>).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The sluice-pdk crate (plugins/pdk in the Sluice sources).
+        #[arg(long, env = "SLUICE_PDK")]
+        pdk: Option<PathBuf>,
+    },
+    /// Build a plugin crate for wasm32-wasip2; print the component's path, size and digest.
+    Build {
+        /// The crate's directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Show what a component is: its world, its describe answer, its imports and what they
+    /// would be granted, its digest.
+    Inspect {
+        /// A .wasm file.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Call a tool once against the local database, without the HTTP server.
     Call(CallArgs),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PluginKind {
+    Tool,
+    Sink,
+}
+
+#[derive(Args)]
+struct DevArgs {
+    /// Plugin crates to build and watch (default: the current directory).
+    crates: Vec<PathBuf>,
+    /// Configuration file (TOML); dev's defaults apply to what it leaves out.
+    #[arg(long, short, env = "SLUICE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where dev keeps its database, plugins, cache and bearer token.
+    #[arg(long, default_value = ".sluice")]
+    state_dir: PathBuf,
+    /// API listener (loopback).
+    #[arg(long, env = "SLUICE_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Health listener (loopback; default: any free port).
+    #[arg(long, env = "SLUICE_HEALTH_LISTEN")]
+    health_listen: Option<SocketAddr>,
+    /// Do not fill an empty database with the demo fleet.
+    #[arg(long)]
+    no_seed: bool,
 }
 
 #[derive(Args)]
@@ -92,7 +160,8 @@ enum DemoCommand {
 struct CallArgs {
     #[command(flatten)]
     common: Common,
-    /// Tool name.
+    /// A tool name (from the plugins directory), a component file (.wasm), or a plugin crate's
+    /// directory (built first).
     name: String,
     /// Arguments as a JSON object.
     #[arg(long, default_value = "{}")]
@@ -179,25 +248,112 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Call(a) => {
-            let mut config = load_config(&a.common)?;
-            config.plugins.watch = false;
-            let db = sluice::db::Database::open(config.database.to_options())?;
-            let rt = sluice::runtime::Runtime::new(config.plugins.clone(), db, sluice::metrics::Metrics::new())?;
-            let registry = rt.registry();
-            let tool = registry.get(&a.name).cloned().with_context(|| {
-                let names: Vec<&str> = registry.tools().map(|t| t.name.as_str()).collect();
-                format!("no tool {:?} in {}; loaded: {}", a.name, config.plugins.dir.display(), names.join(", "))
-            })?;
-            let args: serde_json::Value = serde_json::from_str(&a.args).context("--args is not valid JSON")?;
-            if let Some(err) = tool.validate_args(&args) {
-                anyhow::bail!("--args does not match the input schema at {:?}: {}", err.0, err.1);
-            }
-            let ctx = sluice::runtime::CallContext { request_id: "0000000000000000".into(), allowed_clusters: vec![] };
-            let deadline = Instant::now() + tool.deadline.min(Duration::from_secs(3600));
-            let out = rt.call_blocking(tool, ctx, &args.to_string(), deadline)?;
-            println!("{}", out.json);
+        Command::Call(a) | Command::Plugin(PluginCommand::Call(a)) => call(a),
+        Command::Plugin(PluginCommand::New { kind: PluginKind::Sink, .. }) => anyhow::bail!(
+            "sink plugins are not available yet: the `sink` world is not part of this release; \
+             `sluice plugin new tool NAME` makes a tool"
+        ),
+        Command::Plugin(PluginCommand::New { kind: PluginKind::Tool, name, dir, pdk }) => {
+            let pdk = pdk.unwrap_or_else(sluice::authoring::default_pdk_dir);
+            let dir = sluice::authoring::new_tool(&name, dir.as_deref(), &pdk)?;
+            println!("Created {} (tool {name}). Next:", dir.display());
+            println!("  cd {} && sluice plugin build", dir.display());
             Ok(())
         }
+        Command::Plugin(PluginCommand::Build { dir }) => {
+            let built = sluice::authoring::build(&dir)?;
+            println!("{}", built.path.display());
+            println!("size   {} ({} bytes)", sluice::authoring::human_size(built.size), built.size);
+            println!("digest sha256:{}", built.digest);
+            Ok(())
+        }
+        Command::Plugin(PluginCommand::Inspect { file, json }) => {
+            let scratch = tempdir("inspect")?;
+            let rt = standalone_runtime(&scratch)?;
+            let report = sluice::authoring::inspect(&rt, &file);
+            let _ = std::fs::remove_dir_all(&scratch);
+            let report = report?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            match (&report.world, &report.load_error) {
+                (None, _) => anyhow::bail!("{} is a component, but not a Sluice tool", file.display()),
+                (Some(_), Some(e)) => anyhow::bail!("{} would be refused: {e}", file.display()),
+                _ => Ok(()),
+            }
+        }
+        Command::Dev(a) => {
+            let mut config = match &a.config {
+                Some(p) => Config::load(p)?,
+                None => sluice::dev::default_config(&a.state_dir),
+            };
+            if let Some(l) = a.listen {
+                config.server.listen = l;
+            }
+            if let Some(l) = a.health_listen {
+                config.server.health_listen = l;
+            }
+            config.server.insecure_no_tls = true;
+            let crates = if a.crates.is_empty() { vec![PathBuf::from(".")] } else { a.crates };
+            sluice::dev::run(sluice::dev::DevOptions { crates, config, seed_when_empty: !a.no_seed })
+        }
     }
+}
+
+/// A private scratch directory.
+fn tempdir(what: &str) -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("sluice-{what}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// A runtime over a scratch database that loads no plugins directory.
+fn standalone_runtime(scratch: &std::path::Path) -> anyhow::Result<std::sync::Arc<sluice::runtime::Runtime>> {
+    let db = sluice::db::Database::open(sluice::db::DbOptions { path: scratch.join("scratch.duckdb"), ..Default::default() })?;
+    let plugins = sluice::config::PluginsConfig {
+        cache_dir: scratch.join("cache"),
+        watch: false,
+        ..Default::default()
+    };
+    sluice::runtime::Runtime::without_plugins(plugins, db, sluice::metrics::Metrics::new())
+}
+
+/// `sluice call` / `sluice plugin call`.
+fn call(a: CallArgs) -> anyhow::Result<()> {
+    let mut config = load_config(&a.common)?;
+    config.plugins.watch = false;
+    let db = sluice::db::Database::open(config.database.to_options())?;
+    let target = PathBuf::from(&a.name);
+    let tool = if target.is_dir() || a.name.ends_with(".wasm") {
+        let file = if target.is_dir() { sluice::authoring::build(&target)?.path } else { target };
+        let rt = sluice::runtime::Runtime::without_plugins(config.plugins.clone(), db, sluice::metrics::Metrics::new())?;
+        let tool = rt.load_file(&file).with_context(|| format!("loading {}", file.display()))?;
+        (rt, tool)
+    } else {
+        let rt = sluice::runtime::Runtime::new(config.plugins.clone(), db, sluice::metrics::Metrics::new())?;
+        let registry = rt.registry();
+        let tool = registry.get(&a.name).cloned().with_context(|| {
+            let names: Vec<&str> = registry.tools().map(|t| t.name.as_str()).collect();
+            format!(
+                "no tool {:?} in {}; loaded: {}. Pass a tool name, a .wasm file or a plugin crate directory",
+                a.name,
+                config.plugins.dir.display(),
+                if names.is_empty() { "none".into() } else { names.join(", ") }
+            )
+        })?;
+        drop(registry);
+        (rt, tool)
+    };
+    let (rt, tool) = tool;
+    let args: serde_json::Value = serde_json::from_str(&a.args).context("--args is not valid JSON")?;
+    if let Some(err) = tool.validate_args(&args) {
+        anyhow::bail!("--args does not match the input schema of {} at {:?}: {}", tool.name, err.0, err.1);
+    }
+    let ctx = sluice::runtime::CallContext { request_id: "0000000000000000".into(), allowed_clusters: vec![] };
+    let deadline = Instant::now() + tool.deadline.min(Duration::from_secs(3600));
+    let out = rt.call_blocking(tool, ctx, &args.to_string(), deadline)?;
+    println!("{}", out.json);
+    Ok(())
 }

@@ -118,6 +118,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     check_listen_policy(&config)?;
     let audit = audit_log(&config)?;
     let gateway = Gateway::build(&config, auth_source(&config)?, audit.clone())?;
+    serve_gateway(&config, gateway, audit).await
+}
+
+/// Serves a built gateway as [`serve`] does.
+pub async fn serve_gateway(config: &Config, gateway: Gateway, audit: AuditLog) -> anyhow::Result<()> {
+    check_listen_policy(config)?;
     let api_listener = bind(config.server.listen, "--listen").await?;
     let health_listener = bind(config.server.health_listen, "--health-listen").await?;
     let api_addr = api_listener.local_addr()?;

@@ -25,6 +25,28 @@ pub fn watch(
     dirs: &[PathBuf],
     wanted: impl Fn(&Path) -> bool + Send + 'static,
     debounce: Duration,
+    on_change: impl FnMut() -> bool + Send + 'static,
+) -> anyhow::Result<notify::RecommendedWatcher> {
+    watch_with(thread_name, dirs, notify::RecursiveMode::NonRecursive, wanted, debounce, on_change)
+}
+
+/// [`watch`] over whole directory trees (a plugin crate's sources, for `sluice dev`).
+pub fn watch_trees(
+    thread_name: &str,
+    dirs: &[PathBuf],
+    wanted: impl Fn(&Path) -> bool + Send + 'static,
+    debounce: Duration,
+    on_change: impl FnMut() -> bool + Send + 'static,
+) -> anyhow::Result<notify::RecommendedWatcher> {
+    watch_with(thread_name, dirs, notify::RecursiveMode::Recursive, wanted, debounce, on_change)
+}
+
+fn watch_with(
+    thread_name: &str,
+    dirs: &[PathBuf],
+    mode: notify::RecursiveMode,
+    wanted: impl Fn(&Path) -> bool + Send + 'static,
+    debounce: Duration,
     mut on_change: impl FnMut() -> bool + Send + 'static,
 ) -> anyhow::Result<notify::RecommendedWatcher> {
     let (tx, rx) = std::sync::mpsc::channel::<()>();
@@ -41,7 +63,7 @@ pub fn watch(
     dirs.sort();
     dirs.dedup();
     for d in &dirs {
-        watcher.watch(d, notify::RecursiveMode::NonRecursive).with_context(|| format!("watching {}", d.display()))?;
+        watcher.watch(d, mode).with_context(|| format!("watching {}", d.display()))?;
     }
     std::thread::Builder::new()
         .name(thread_name.to_owned())

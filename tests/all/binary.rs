@@ -2,38 +2,30 @@
 //! refuse unsafe listeners.
 
 use std::io::{BufRead as _, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{TempDir, component, versioned_component};
+use crate::common::{TempDir, component, sluice_bin, versioned_component};
 
-const TOKEN: &str = "binary-test-token-5f2c";
-
-/// The `sluice` binary cargo built next to this test binary.
-fn sluice_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let bin = dir.join("sluice");
-    assert!(bin.exists(), "{} not built; run the tests with `cargo test --workspace`", bin.display());
-    bin
-}
+pub(crate) const TOKEN: &str = "binary-test-token-5f2c";
 
 fn signal(child: &Child, sig: &str) {
     let ok = Command::new("kill").args([&format!("-{sig}"), &child.id().to_string()]).status().unwrap();
     assert!(ok.success());
 }
 
-struct Server {
+/// `sluice serve` on loopback (port 0) in `dir`, over `fleet.duckdb`, `plugins/` and the bearer
+/// in `token`.
+pub(crate) struct Server {
     child: Child,
-    api: String,
+    pub(crate) api: String,
     health: String,
 }
 
 impl Server {
-    fn start(dir: &TempDir, extra: &[&str]) -> Self {
+    pub(crate) fn start(dir: &TempDir, extra: &[&str]) -> Self {
         Self::start_with(dir, &["--insecure-no-tls"], extra)
     }
 

@@ -16,6 +16,15 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
 }
 
+/// The `sluice` binary cargo built next to this test binary.
+pub fn sluice_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let bin = dir.join("sluice");
+    assert!(bin.exists(), "{} not built; run the tests with `scripts/dev test`", bin.display());
+    bin
+}
+
 /// A built component: `dist/plugins/<name>.wasm` or `dist/fixtures/<name>.wasm`.
 pub fn component(name: &str) -> PathBuf {
     for dir in ["dist/plugins", "dist/fixtures"] {

@@ -2,6 +2,7 @@
 //! the real router and, in `binary`, the real `sluice` binary.
 
 mod bad_input;
+mod authoring;
 mod binary;
 mod common;
 mod front_door;

@@ -18,7 +18,7 @@ use crate::config::PluginsConfig;
 use crate::db::Database;
 use crate::metrics::Metrics;
 use engine::{ArtifactCache, EngineOptions, SluiceEngine};
-pub use registry::{LoadedTool, PluginStatus, Registry, ReloadReport, is_valid_tool_name};
+pub use registry::{ComponentShape, LoadedTool, PluginStatus, Registry, ReloadReport, is_valid_tool_name};
 pub use tools::{CallContext, CallError, ToolError, ToolState, WitQueryError};
 
 /// Default linear-memory limit of one call: generous for JSON shaping of query results, small
@@ -79,6 +79,14 @@ pub struct CallOutput {
 impl Runtime {
     /// Builds the runtime and loads every component in the plugins directory.
     pub fn new(config: PluginsConfig, db: Database, metrics: Metrics) -> anyhow::Result<Arc<Self>> {
+        let rt = Self::without_plugins(config, db, metrics)?;
+        rt.reload();
+        Ok(rt)
+    }
+
+    /// Builds the runtime without loading the plugins directory (`reload` loads it): for
+    /// commands that load single files.
+    pub fn without_plugins(config: PluginsConfig, db: Database, metrics: Metrics) -> anyhow::Result<Arc<Self>> {
         let max_memory = config
             .tools
             .values()
@@ -108,7 +116,6 @@ impl Runtime {
             metrics,
             cancel: Arc::new(AtomicBool::new(false)),
         });
-        rt.reload();
         Ok(rt)
     }
 

@@ -138,6 +138,13 @@ impl Registry {
     }
 }
 
+/// What a component imports and exports, by name.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComponentShape {
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+}
+
 /// What a reload did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ReloadReport {
@@ -254,6 +261,27 @@ impl Runtime {
         }
         *self.last_reload.lock().unwrap_or_else(|p| p.into_inner()) = report.clone();
         report
+    }
+
+    /// Loads one component file outside the registry (the CLI's `plugin call` and `plugin
+    /// inspect`): the same checks as a reload, without serving it.
+    pub fn load_file(&self, path: &Path) -> anyhow::Result<Arc<LoadedTool>> {
+        let bytes = read_component(path).map_err(anyhow::Error::msg)?;
+        let digest = hex::encode(Sha256::digest(&bytes));
+        let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        self.load_component(&file, path, &digest, &bytes).map(|(tool, _)| Arc::new(tool))
+    }
+
+    /// The names of what a component imports and exports, without linking or running it.
+    pub fn component_shape(&self, bytes: &[u8]) -> anyhow::Result<ComponentShape> {
+        let digest = hex::encode(Sha256::digest(bytes));
+        let engine = self.engine.engine();
+        let (component, _) = self.cache.load(engine, &digest, bytes)?;
+        let ty = component.component_type();
+        Ok(ComponentShape {
+            imports: ty.imports(engine).map(|(name, _)| name.to_owned()).collect(),
+            exports: ty.exports(engine).map(|(name, _)| name.to_owned()).collect(),
+        })
     }
 
     /// Compiles, links and checks one component.

@@ -32,6 +32,33 @@ pub fn parse_args<T: serde::de::DeserializeOwned>(args: &str) -> Result<T, ToolE
     serde_json::from_str(args).map_err(|e| ToolError::InvalidArgs(e.to_string()))
 }
 
+/// The output schema of a tool answering `{"rows": [{column: value, ...}, ...]}`.
+pub fn rows_output_schema() -> Json {
+    json!({
+        "type": "object",
+        "required": ["rows"],
+        "properties": {"rows": {"type": "array", "items": {"type": "object"}}}
+    })
+}
+
+/// The `describe` answer of a tool that answers rows (see [`rows_result`]): tenant-scoped
+/// bearers allowed, output schema from [`rows_output_schema`].
+pub fn rows_tool(name: &str, version: &str, description: &str, input_schema: Json) -> ToolInfo {
+    ToolInfo {
+        name: name.into(),
+        description: description.into(),
+        version: version.into(),
+        input_schema: input_schema.to_string(),
+        output_schema: rows_output_schema().to_string(),
+        allow_tenant_scoped: true,
+    }
+}
+
+/// A query result as the tool's answer: `{"rows": [{column: value, ...}, ...]}`.
+pub fn rows_result(result: &QueryResult) -> Result<String, ToolError> {
+    to_result(&json!({ "rows": rows_as_objects(result) }))
+}
+
 /// Serialises a tool's result.
 pub fn to_result<T: serde::Serialize>(value: &T) -> Result<String, ToolError> {
     serde_json::to_string(value).map_err(|e| ToolError::Internal(format!("serialising result: {e}")))
