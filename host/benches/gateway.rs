@@ -7,7 +7,10 @@
 //!    call) vs the bare route. Target ratio >= 0.5, p99 < 5 ms.
 //!
 //! The load generator keeps `CONNECTIONS` HTTP/1.1 keep-alive connections busy for each round;
-//! rounds of the contenders are interleaved and the median round is compared.
+//! rounds of the contenders are interleaved and the median round is compared. Two load
+//! generators are measured: a minimal one (pre-built requests on raw sockets, almost all CPU left
+//! to the servers: the strict figure) and a common HTTP client (`reqwest`, one client per
+//! connection), closer to what real clients and load tools spend per request.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -76,9 +79,24 @@ fn main() {
         body.len()
     );
     println!("load: {CONNECTIONS} keep-alive connections, {ROUNDS} interleaved rounds of {ROUND:?}, median round");
-    let (mut b, mut h, mut t) = (Vec::new(), Vec::new(), Vec::new());
-    // SLUICE_BENCH_ONLY=bare|health|tool runs one contender, for profiling.
     let only = std::env::var("SLUICE_BENCH_ONLY").unwrap_or_default();
+    if only.is_empty() {
+        // The second load generator: a common HTTP client.
+        let (mut b, mut h, mut t) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            b.push(load_rt.block_on(drive_client(format!("http://{bare}/bare"), None, None)));
+            h.push(load_rt.block_on(drive_client(format!("http://{full}/api/v2/health"), Some(TOKEN), None)));
+            t.push(load_rt.block_on(drive_client(format!("http://{full}/api/v2/tools/test.trivial"), Some(TOKEN), Some(body))));
+        }
+        let (b, h, t) = (median(b), median(h), median(t));
+        println!("-- load generator: reqwest (an HTTP client per connection)");
+        report("bare axum GET /bare", &b, None);
+        report("full stack GET /api/v2/health", &h, Some((&b, 0.85)));
+        report("full stack POST /api/v2/tools/test.trivial", &t, Some((&b, 0.5)));
+        println!("-- load generator: minimal (pre-built requests on raw sockets)");
+    }
+    let (mut b, mut h, mut t) = (Vec::new(), Vec::new(), Vec::new());
+    // SLUICE_BENCH_ONLY=bare|health|tool runs one contender (minimal load generator), for profiling.
     for _ in 0..ROUNDS {
         if only.is_empty() || only == "bare" {
             b.push(load_rt.block_on(drive(bare, &bare_req)));
@@ -174,6 +192,50 @@ async fn drive(addr: SocketAddr, request: &str) -> Round {
             (lat, errors)
         }));
     }
+    collect(stop, tasks).await
+}
+
+/// Keeps `CONNECTIONS` reqwest clients (one connection each) sending requests back to back
+/// for one round: GET without a body, POST with `body`.
+async fn drive_client(url: String, token: Option<&str>, body: Option<&str>) -> Round {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let (stop, url) = (stop.clone(), url.clone());
+        let token = token.map(str::to_owned);
+        let body = body.map(str::to_owned);
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder().pool_max_idle_per_host(1).tcp_nodelay(true).build().unwrap();
+            let (mut lat, mut errors) = (Vec::new(), 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let mut req = match &body {
+                    Some(b) => client.post(&url).header("content-type", "application/json").body(b.clone()),
+                    None => client.get(&url),
+                };
+                if let Some(tok) = &token {
+                    req = req.bearer_auth(tok);
+                }
+                let ok = match req.send().await {
+                    Ok(resp) => {
+                        let status = resp.status().as_u16();
+                        resp.bytes().await.is_ok() && status == 200
+                    }
+                    Err(_) => false,
+                };
+                lat.push(t.elapsed());
+                if !ok {
+                    errors += 1;
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    collect(stop, tasks).await
+}
+
+/// Ends a round: stops the connections and gathers their latencies.
+async fn collect(stop: Arc<AtomicBool>, tasks: Vec<tokio::task::JoinHandle<(Vec<Duration>, u64)>>) -> Round {
     let started = Instant::now();
     tokio::time::sleep(ROUND).await;
     stop.store(true, Ordering::Relaxed);
