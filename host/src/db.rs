@@ -129,6 +129,9 @@ pub struct Database {
 }
 
 struct DbInner {
+    /// Names of DuckDB's built-in views (`duckdb_tables`, `sqlite_master`, ...): metadata about
+    /// every tenant's data, refused to tenant-scoped statements.
+    system_views: Vec<String>,
     writer: Mutex<Connection>,
     pool: Mutex<Vec<Connection>>,
     pool_cv: Condvar,
@@ -157,12 +160,17 @@ impl Database {
             )
         })?;
         writer.execute_batch(SCHEMA).context("creating the events table")?;
+        let system_views: Vec<String> = writer
+            .prepare("SELECT lower(view_name) FROM duckdb_views() WHERE database_name = 'system'")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .context("listing DuckDB's system views")?;
         let mut pool = Vec::with_capacity(opts.read_pool_size);
         for _ in 0..opts.read_pool_size.max(1) {
             pool.push(writer.try_clone().context("opening a read connection")?);
         }
         Ok(Self {
             inner: Arc::new(DbInner {
+                system_views,
                 writer: Mutex::new(writer),
                 pool: Mutex::new(pool),
                 pool_cv: Condvar::new(),
@@ -196,6 +204,19 @@ impl Database {
         limit: RowLimit,
         deadline: Option<Instant>,
     ) -> Result<QueryResult, QueryError> {
+        self.query_scoped(sql, params, limit, deadline, &[])
+    }
+
+    /// [`Database::query_read_only`] for a caller limited to `clusters` (empty: no limit). The
+    /// statement then sees only those clusters' rows, whatever it names: see [`scope_views`].
+    pub fn query_scoped(
+        &self,
+        sql: &str,
+        params: &[Value],
+        limit: RowLimit,
+        deadline: Option<Instant>,
+        clusters: &[String],
+    ) -> Result<QueryResult, QueryError> {
         let now = Instant::now();
         let mut until = now + self.inner.opts.query_timeout;
         if let Some(d) = deadline {
@@ -206,7 +227,8 @@ impl Database {
         }
         let conn = self.borrow_reader(until)?;
         let guard = self.inner.watchdog.arm(until, conn.interrupt_handle());
-        let result = run_read_only(&conn, sql, params, limit, self.inner.opts.max_rows);
+        let scope = (!clusters.is_empty()).then_some(Scope { clusters, system_views: &self.inner.system_views });
+        let result = run_read_only(&conn, sql, params, limit, self.inner.opts.max_rows, scope);
         let fired = guard.disarm();
         // Whatever happened, leave the connection outside any transaction before reuse.
         let _ = conn.execute_batch("ROLLBACK");
@@ -250,7 +272,7 @@ impl Database {
 /// Checks with DuckDB's own parser that `sql` is exactly one `SELECT` (including CTEs, `VALUES`,
 /// set operations, `FROM`-first and `DESCRIBE`). `json_serialize_sql` serialises only `SELECT`
 /// statements and reports anything else as "not implemented".
-pub fn check_read_only(conn: &Connection, sql: &str) -> Result<(), QueryError> {
+pub fn check_read_only(conn: &Connection, sql: &str) -> Result<serde_json::Value, QueryError> {
     let verdict: String = conn
         .query_row("SELECT json_serialize_sql(?::VARCHAR)", [sql], |r| r.get(0))
         .map_err(|e| QueryError::Internal(format!("parsing the statement: {e}")))?;
@@ -263,10 +285,99 @@ pub fn check_read_only(conn: &Connection, sql: &str) -> Result<(), QueryError> {
         });
     }
     match verdict["statements"].as_array().map(Vec::len) {
-        Some(1) => Ok(()),
+        Some(1) => Ok(verdict),
         Some(0) | None => Err(QueryError::InvalidSql("no statement".into())),
         Some(_) => Err(QueryError::NotReadOnly),
     }
+}
+
+/// Table functions a tenant-scoped statement may use: they read no table.
+const SCOPED_TABLE_FUNCTIONS: &[&str] = &["range", "generate_series", "unnest"];
+
+/// Checks that a parsed statement (the output of `json_serialize_sql`) can only reach tables
+/// through the names [`scope_views`] shadows: every table it names is unqualified or in schema
+/// `main` (which resolves to the shadows), none is catalog-qualified (which would reach the
+/// real table) or one of DuckDB's system views, and it calls no table function that reads data
+/// (`query_table`, `duckdb_tables()`, file readers, ...). CTEs, subqueries, joins, set operations and `DESCRIBE`
+/// nest their table references in the same tree, so walking it all covers them.
+pub fn check_scoped(ast: &serde_json::Value, system_views: &[String]) -> Result<(), QueryError> {
+    use serde_json::Value as J;
+    match ast {
+        J::Object(map) => {
+            match map.get("type").and_then(J::as_str) {
+                Some("BASE_TABLE" | "SHOW_REF") => {
+                    let field = |k: &str| map.get(k).and_then(J::as_str).unwrap_or("");
+                    let named = !field("table_name").is_empty();
+                    if named && (!field("catalog_name").is_empty() || !matches!(field("schema_name"), "" | "main")) {
+                        return Err(QueryError::ScopeDenied);
+                    }
+                    if system_views.contains(&field("table_name").to_lowercase()) {
+                        return Err(QueryError::ScopeDenied);
+                    }
+                }
+                Some("TABLE_FUNCTION") => {
+                    let f = &map["function"];
+                    let name = f["function_name"].as_str().unwrap_or("");
+                    let qualified = f["schema"].as_str().is_some_and(|s| !s.is_empty())
+                        || f["catalog"].as_str().is_some_and(|s| !s.is_empty());
+                    if qualified || !SCOPED_TABLE_FUNCTIONS.contains(&name) {
+                        return Err(QueryError::ScopeDenied);
+                    }
+                }
+                _ => {}
+            }
+            map.values().try_for_each(|v| check_scoped(v, system_views))
+        }
+        J::Array(items) => items.iter().try_for_each(|v| check_scoped(v, system_views)),
+        _ => Ok(()),
+    }
+}
+
+/// Within the current transaction, shadows every table and view of the database's `main`
+/// schema with a temporary view of the same name: rows of `clusters` only for those with a
+/// `cluster_id` column, no rows for the others. Unqualified and `main.`-qualified names resolve
+/// to the temporary catalog first, so a statement that passed [`check_scoped`] reads only
+/// these. Rolling the transaction back removes them.
+fn scope_views(conn: &Connection, clusters: &[String]) -> Result<(), QueryError> {
+    let catalog: String = conn.query_row("SELECT current_database()", [], |r| r.get(0)).map_err(internal)?;
+    let mut stmt = conn
+        .prepare(
+            "SELECT table_name, bool_or(column_name = 'cluster_id') FROM duckdb_columns() \
+             WHERE database_name = current_database() AND schema_name = 'main' GROUP BY table_name",
+        )
+        .map_err(internal)?;
+    let tables: Vec<(String, bool)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(internal)?
+        .collect::<Result<_, _>>()
+        .map_err(internal)?;
+    let allowed = clusters.iter().map(|c| sql_literal(c)).collect::<Vec<_>>().join(", ");
+    let mut ddl = String::new();
+    for (table, has_cluster) in tables {
+        let filter = if has_cluster { format!("cluster_id IN ({allowed})") } else { "false".into() };
+        ddl.push_str(&format!(
+            "CREATE TEMP VIEW {t} AS SELECT * FROM {c}.main.{t} WHERE {filter};\n",
+            t = sql_ident(&table),
+            c = sql_ident(&catalog),
+        ));
+    }
+    conn.execute_batch(&ddl).map_err(internal)
+}
+
+/// `"name"`, quotes doubled.
+fn sql_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// `'text'`, quotes doubled.
+fn sql_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A tenant-scoped statement's limits.
+struct Scope<'a> {
+    clusters: &'a [String],
+    system_views: &'a [String],
 }
 
 fn run_read_only(
@@ -275,9 +386,16 @@ fn run_read_only(
     params: &[Value],
     limit: RowLimit,
     cap: u64,
+    scope: Option<Scope<'_>>,
 ) -> Result<QueryResult, QueryError> {
-    check_read_only(conn, sql)?;
+    let ast = check_read_only(conn, sql)?;
+    if let Some(s) = &scope {
+        check_scoped(&ast, s.system_views)?;
+    }
     conn.execute_batch("BEGIN TRANSACTION").map_err(internal)?;
+    if let Some(s) = &scope {
+        scope_views(conn, s.clusters)?;
+    }
     let mut stmt = conn.prepare(sql).map_err(sql_error)?;
     let expected = stmt.parameter_count();
     if expected != params.len() {
@@ -625,6 +743,29 @@ mod tests {
         for _ in 0..8 {
             db.query_read_only("SELECT 1", &[], RowLimit::Cap, None).unwrap();
         }
+    }
+
+    #[test]
+    fn scoped_queries_see_only_the_callers_clusters_and_views_vanish_after() {
+        let (_d, db) = db();
+        db.writer()
+            .execute_batch(
+                "INSERT INTO events (ts, cluster_id, node_id, metric_name, value_double) VALUES \
+                 (now(), 'a''b', 'n1', 'm', 1), (now(), 'c', 'n2', 'm', 2), (now(), 'c', 'n3', 'm', 3); \
+                 CREATE TABLE notes (body VARCHAR); INSERT INTO notes VALUES ('secret');",
+            )
+            .unwrap();
+        let scoped = ["a'b".to_owned()];
+        let q = |sql: &str| db.query_scoped(sql, &[], RowLimit::Cap, None, &scoped);
+        let r = q("SELECT cluster_id, count(*) FROM events GROUP BY ALL").unwrap();
+        assert_eq!(r.rows, vec![vec![Value::Text("a'b".into()), Value::Int64(1)]]);
+        // A table without cluster_id looks empty to a scoped caller.
+        assert_eq!(q("SELECT * FROM notes").unwrap().rows.len(), 0);
+        assert!(matches!(q("SELECT * FROM t.main.notes"), Err(QueryError::ScopeDenied)));
+        // The shadows live only inside the scoped statement's transaction.
+        let all = db.query_read_only("SELECT count(*) FROM events", &[], RowLimit::Cap, None).unwrap();
+        assert_eq!(all.rows, vec![vec![Value::Int64(3)]]);
+        assert_eq!(db.query_read_only("SELECT * FROM notes", &[], RowLimit::Cap, None).unwrap().rows.len(), 1);
     }
 }
 

@@ -9,4 +9,5 @@ mod front_door;
 mod hostile;
 mod hot_swap;
 mod registry;
+mod tenant;
 mod tools;

@@ -114,22 +114,15 @@ async fn dispatch(
         });
     }
 
-    // Tenant scope is enforced here, before any component code runs, for REST and MCP alike.
+    // Tenant scope, before any component code runs: a tool that refuses scoped bearers, or a
+    // `cluster_id` outside the bearer's clusters, is refused here. Inside the call, every query
+    // the component makes sees only the bearer's clusters (the host filters them).
     if identity.is_scoped() {
         if !tool.allow_tenant_scoped {
             return Err(ApiError::TenantScopeRefused(format!("{name} refuses tenant-scoped bearers")));
         }
-        match cluster_id.as_deref() {
-            Some(c) if identity.may_see(c) => {}
-            Some(c) => {
-                return Err(ApiError::TenantScopeRefused(format!("cluster_id {c:?} is outside this bearer's clusters")));
-            }
-            // Until plugin queries are filtered by the host, a scoped bearer must name its cluster.
-            None => {
-                return Err(ApiError::TenantScopeRefused(
-                    "this bearer is limited to some clusters: pass one of them as cluster_id".into(),
-                ));
-            }
+        if let Some(c) = cluster_id.as_deref().filter(|c| !identity.may_see(c)) {
+            return Err(ApiError::TenantScopeRefused(format!("cluster_id {c:?} is outside this bearer's clusters")));
         }
     }
     let ctx = CallContext { request_id: req_id.clone(), allowed_clusters: identity.allowed_clusters.clone() };

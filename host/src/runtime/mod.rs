@@ -196,7 +196,8 @@ impl Runtime {
             ctx.request_id.clone(),
             tool.memory_limit,
             deadline,
-        );
+        )
+        .scoped(ctx.allowed_clusters.clone());
         let mut store = tools::store(self.engine.engine(), state, deadline, self.cancel.clone());
         let result = async {
             let t = tool.pre.instantiate_async(&mut store).await?;

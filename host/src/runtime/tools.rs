@@ -42,6 +42,8 @@ pub struct ToolState {
     deadline: Instant,
     plugin: Arc<str>,
     request_id: String,
+    /// The caller's clusters: every query of this call sees only their rows (empty: all).
+    clusters: Vec<String>,
 }
 
 impl ToolState {
@@ -58,7 +60,13 @@ impl ToolState {
             .memory_size(memory_limit)
             .trap_on_grow_failure(true)
             .build();
-        Self { wasi, table: ResourceTable::new(), limits, db, deadline, plugin, request_id }
+        Self { wasi, table: ResourceTable::new(), limits, db, deadline, plugin, request_id, clusters: Vec::new() }
+    }
+
+    /// Limits every query of the call to these clusters (a tenant-scoped caller's).
+    pub fn scoped(mut self, clusters: Vec<String>) -> Self {
+        self.clusters = clusters;
+        self
     }
 }
 
@@ -142,11 +150,11 @@ impl ToolState {
     /// Runs a query on the blocking pool (DuckDB blocks), bounded by the call's deadline.
     async fn run(&mut self, sql: String, params: Vec<WitValue>, limit: RowLimit) -> Result<WitQueryResult, WitQueryError> {
         let params: Vec<db::Value> = params.into_iter().map(from_wit).collect();
-        let (db, deadline) = (self.db.clone(), self.deadline);
+        let (db, deadline, clusters) = (self.db.clone(), self.deadline, self.clusters.clone());
         let span = tracing::debug_span!("host_query", plugin = %self.plugin, req_id = %self.request_id);
         let result = tokio::task::spawn_blocking(move || {
             let _enter = span.enter();
-            db.query_read_only(&sql, &params, limit, Some(deadline))
+            db.query_scoped(&sql, &params, limit, Some(deadline), &clusters)
         })
         .await
         .unwrap_or_else(|e| Err(db::QueryError::Internal(format!("query task failed: {e}"))));
