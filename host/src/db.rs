@@ -71,6 +71,22 @@ pub enum ColumnType {
     Other,
 }
 
+impl ColumnType {
+    /// The family's name, as `POST /api/v2/sql` reports it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Boolean => "boolean",
+            Self::Int64 => "int64",
+            Self::Float64 => "float64",
+            Self::Text => "text",
+            Self::Timestamp => "timestamp",
+            Self::Date => "date",
+            Self::Blob => "blob",
+            Self::Other => "other",
+        }
+    }
+}
+
 /// One value (mirrors WIT `value`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -92,6 +108,46 @@ pub struct QueryResult {
     pub columns: Vec<(String, ColumnType)>,
     pub rows: Vec<Vec<Value>>,
     pub truncated: bool,
+}
+
+impl Value {
+    /// The value as JSON: timestamps as RFC 3339 (UTC, microseconds), dates as `YYYY-MM-DD`,
+    /// blobs as lowercase hex, non-finite floats as `null`.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match self {
+            Value::Null => J::Null,
+            Value::Boolean(b) => J::Bool(*b),
+            Value::Int64(i) => J::from(*i),
+            Value::Float64(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+            Value::Text(s) => J::String(s.clone()),
+            Value::Timestamp(us) => {
+                let (secs, micros) = (us.div_euclid(1_000_000), us.rem_euclid(1_000_000));
+                let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+                J::String(format!(
+                    "{}T{:02}:{:02}:{:02}.{micros:06}Z",
+                    civil_date(days),
+                    sod / 3600,
+                    sod % 3600 / 60,
+                    sod % 60
+                ))
+            }
+            Value::Date(days) => J::String(civil_date(i64::from(*days))),
+            Value::Blob(b) => J::String(hex::encode(b)),
+        }
+    }
+}
+
+/// `YYYY-MM-DD` of a day number (days since 1970-01-01, proleptic Gregorian).
+fn civil_date(days: i64) -> String {
+    let z = days + 719_468;
+    let (era, doe) = (z.div_euclid(146_097), z.rem_euclid(146_097));
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    format!("{:04}-{m:02}-{d:02}", yoe + era * 400 + i64::from(m <= 2))
 }
 
 /// How many rows a read-only query may return.
@@ -294,6 +350,40 @@ pub fn check_read_only(conn: &Connection, sql: &str) -> Result<serde_json::Value
 /// Table functions a tenant-scoped statement may use: they read no table.
 const SCOPED_TABLE_FUNCTIONS: &[&str] = &["range", "generate_series", "unnest"];
 
+/// Table functions any statement may use, besides DuckDB's metadata functions (`duckdb_*`).
+/// Everything else (`read_csv`, `read_blob`, `read_parquet`, `glob`, `query_table`, ...) is
+/// refused: with external access disabled DuckDB still lets them read the database's own files.
+const READ_TABLE_FUNCTIONS: &[&str] = &["range", "generate_series", "unnest", "json_each", "json_tree"];
+
+/// Refuses what reads outside the database's tables, whoever asks: table functions that read
+/// files or run SQL text, and table names that are file paths or URLs (DuckDB's replacement
+/// scans read `FROM 'data.csv'` as a file).
+pub fn check_no_external(ast: &serde_json::Value) -> Result<(), QueryError> {
+    use serde_json::Value as J;
+    match ast {
+        J::Object(map) => {
+            match map.get("type").and_then(J::as_str) {
+                Some("BASE_TABLE" | "SHOW_REF") => {
+                    let name = map.get("table_name").and_then(J::as_str).unwrap_or("");
+                    if name.contains(['/', '\\', ':', '.']) {
+                        return Err(QueryError::NotReadOnly);
+                    }
+                }
+                Some("TABLE_FUNCTION") => {
+                    let name = map["function"]["function_name"].as_str().unwrap_or("");
+                    if !(READ_TABLE_FUNCTIONS.contains(&name) || name.starts_with("duckdb_")) {
+                        return Err(QueryError::NotReadOnly);
+                    }
+                }
+                _ => {}
+            }
+            map.values().try_for_each(check_no_external)
+        }
+        J::Array(items) => items.iter().try_for_each(check_no_external),
+        _ => Ok(()),
+    }
+}
+
 /// Checks that a parsed statement (the output of `json_serialize_sql`) can only reach tables
 /// through the names [`scope_views`] shadows: every table it names is unqualified or in schema
 /// `main` (which resolves to the shadows), none is catalog-qualified (which would reach the
@@ -392,6 +482,7 @@ fn run_read_only(
     if let Some(s) = &scope {
         check_scoped(&ast, s.system_views)?;
     }
+    check_no_external(&ast)?;
     conn.execute_batch("BEGIN TRANSACTION").map_err(internal)?;
     if let Some(s) = &scope {
         scope_views(conn, s.clusters)?;
@@ -448,6 +539,9 @@ fn sql_error(e: duckdb::Error) -> QueryError {
     } else if msg.contains("Permission Error") || msg.contains("disabled by configuration") {
         // A file reader or another external access: as much a non-read-only request as a write.
         QueryError::NotReadOnly
+    } else if ["Out of Memory Error", "IO Error", "INTERNAL Error", "FATAL Error"].iter().any(|k| msg.contains(k)) {
+        // The database's trouble, not the statement's.
+        QueryError::Internal(msg)
     } else {
         QueryError::InvalidSql(msg)
     }
@@ -664,6 +758,12 @@ mod tests {
         }
         let err = db.query_read_only("SELECT * FROM read_csv('/etc/passwd')", &[], RowLimit::Cap, None).unwrap_err();
         assert!(matches!(err, QueryError::NotReadOnly), "{err:?}");
+        // DuckDB lets even a locked-down database read its own files; the host does not.
+        let own = format!("SELECT content FROM read_blob('{}')", db.path().display());
+        let err = db.query_read_only(&own, &[], RowLimit::Cap, None).unwrap_err();
+        assert!(matches!(err, QueryError::NotReadOnly), "{err:?}");
+        let ok = db.query_read_only("SELECT count(*) FROM range(3), duckdb_tables()", &[], RowLimit::Cap, None);
+        assert!(ok.is_ok(), "{ok:?}");
         let err = db.query_read_only("SELEC 1", &[], RowLimit::Cap, None).unwrap_err();
         assert!(matches!(err, QueryError::InvalidSql(_)), "{err:?}");
         let n = db.query_read_only("SELECT count(*) FROM events", &[], RowLimit::Cap, None).unwrap();

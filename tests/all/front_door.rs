@@ -42,9 +42,11 @@ async fn whoami_and_health_answer_the_bearer_without_its_key_name() {
     assert_eq!(r.body["bearer_id"], &token_hash(ADMIN_TOKEN)[..16]);
     assert_eq!(r.body["cluster_ids"], json!([]));
     assert_eq!(r.body["capabilities"]["tools"], true);
+    assert_eq!(r.body["capabilities"]["sql"], true);
     assert!(!r.text.contains("ops"), "key_name leaked: {}", r.text);
     let r = gw.request_with(Some(&format!("Bearer {TENANT_TOKEN}")), "GET", "/api/v2/whoami", None).await;
     assert_eq!(r.body["cluster_ids"], json!(["cluster-a"]));
+    assert_eq!(r.body["capabilities"]["sql"], false);
     assert!(!r.text.contains("tenant-a"), "key_name leaked: {}", r.text);
     let r = gw.request("GET", "/api/v2/health", None).await;
     assert_eq!(r.body, json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}));
@@ -311,6 +313,7 @@ async fn the_openapi_document_describes_every_route_and_every_error_code() {
         "/api/v2/openapi.json",
         "/api/v2/tools/list",
         "/api/v2/tools/{name}",
+        "/api/v2/sql",
         "/api/v2/admin/plugins",
         "/api/v2/admin/plugins/reload",
         "/metrics",
@@ -324,7 +327,7 @@ async fn the_openapi_document_describes_every_route_and_every_error_code() {
     for code in [
         "invalid_request", "invalid_args", "sql_not_read_only", "missing_bearer", "invalid_bearer",
         "tenant_scoped_bearer_refused", "tool_not_found", "gone", "payload_too_large", "rate_limited",
-        "in_flight_cap", "tool_backend_failure", "shutting_down", "tool_timeout",
+        "in_flight_cap", "tool_backend_failure", "shutting_down", "tool_timeout", "sql_timeout",
     ] {
         assert!(text.contains(code), "error code {code} is not documented");
     }

@@ -9,5 +9,6 @@ mod front_door;
 mod hostile;
 mod hot_swap;
 mod registry;
+mod sql;
 mod tenant;
 mod tools;

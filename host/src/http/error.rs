@@ -52,6 +52,9 @@ pub enum ApiError {
     /// 503 `shutting_down`, with `Retry-After: 5`.
     #[error("the gateway is shutting down; retry on another instance")]
     ShuttingDown,
+    /// 504 `sql_timeout`: `POST /api/v2/sql` interrupted at the query timeout.
+    #[error("the statement ran past the query timeout of {timeout_ms} ms")]
+    SqlTimeout { timeout_ms: u64 },
     /// 504 `tool_timeout`.
     #[error("tool {tool} ran past its deadline of {deadline_ms} ms")]
     ToolTimeout { tool: String, deadline_ms: u64 },
@@ -70,7 +73,7 @@ impl ApiError {
             Self::Gone => StatusCode::GONE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::ToolBackendFailure { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::ToolTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::ToolTimeout { .. } | Self::SqlTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -92,6 +95,7 @@ impl ApiError {
             Self::RateLimited(_) => "rate_limited",
             Self::ShuttingDown => "shutting_down",
             Self::ToolTimeout { .. } => "tool_timeout",
+            Self::SqlTimeout { .. } => "sql_timeout",
         }
     }
 
@@ -109,6 +113,7 @@ impl ApiError {
             Self::ToolBackendFailure { tool, req_id, .. } => json!({ "tool": tool, "req_id": req_id }),
             Self::ToolTimeout { tool, deadline_ms } => json!({ "tool": tool, "deadline_ms": deadline_ms }),
             Self::RateLimited(secs) => json!({ "retry_after": secs }),
+            Self::SqlTimeout { timeout_ms } => json!({ "timeout_ms": timeout_ms }),
             _ => Value::Null,
         };
         if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {

@@ -7,6 +7,7 @@
 pub mod error;
 mod front_door;
 pub mod openapi;
+mod sql;
 mod tools;
 
 use std::sync::Arc;
@@ -75,6 +76,7 @@ const ROUTES: &[(&str, bool)] = &[
     ("/api/v2/openapi.json", false),
     ("/api/v2/tools/list", false),
     ("/api/v2/tools/{name}", false),
+    ("/api/v2/sql", false),
     ("/api/v2/admin/plugins", false),
     ("/api/v2/admin/plugins/reload", false),
     ("/metrics", false),
@@ -92,6 +94,7 @@ pub fn api_service(state: AppState, max_body: usize) -> FrontDoor {
             "/api/v2/openapi.json" => get(openapi_json),
             "/api/v2/tools/list" => get(tools::list),
             "/api/v2/tools/{name}" => post(tools::call),
+            "/api/v2/sql" => post(sql::sql),
             "/api/v2/admin/plugins" => get(tools::plugins),
             "/api/v2/admin/plugins/reload" => post(tools::reload),
             "/metrics" => get(metrics),
@@ -140,7 +143,7 @@ async fn versions(State(state): State<AppState>, req: Request) -> Response {
         "deprecated": [],
         "preferred": "v2",
         "binary": {"component": "sluice", "version": major_minor},
-        "capabilities": {"tools_endpoint": true, "sql_endpoint": false, "mcp": false, "otlp_ingest": false},
+        "capabilities": {"tools_endpoint": true, "sql_endpoint": true, "mcp": false, "otlp_ingest": false},
         "removal_schedule": {},
     }))
     .into_response()
@@ -165,7 +168,7 @@ async fn whoami(Extension(caller): Extension<Caller>) -> impl IntoResponse {
     axum::Json(json!({
         "bearer_id": id.bearer_id(),
         "cluster_ids": id.allowed_clusters,
-        "capabilities": {"sql": false, "tools": true, "admin": !id.is_scoped()},
+        "capabilities": {"sql": !id.is_scoped(), "tools": true, "admin": !id.is_scoped()},
     }))
 }
 

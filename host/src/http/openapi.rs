@@ -58,6 +58,29 @@ pub struct ToolResult {
     result: Value,
 }
 
+/// `POST /api/v2/sql` body.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct SqlRequest {
+    /// One read-only `SELECT` (CTEs, `VALUES`, set operations, `FROM`-first included).
+    sql: String,
+}
+
+/// `POST /api/v2/sql` answer.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct SqlResult {
+    /// Column names.
+    columns: Vec<String>,
+    /// Column type families: `boolean`, `int64`, `float64`, `text`, `timestamp` (RFC 3339
+    /// strings), `date` (`YYYY-MM-DD`), `blob` (hex), `other` (text).
+    types: Vec<String>,
+    /// Rows, positional.
+    rows: Vec<Vec<Value>>,
+    /// Whether the row cap cut the answer short.
+    truncated: bool,
+}
+
 /// One tool of `GET /api/v2/tools/list`.
 #[derive(ToSchema)]
 #[allow(dead_code)]
@@ -158,8 +181,9 @@ impl Modify for BearerAuth {
         super::tools::call,
         super::tools::plugins,
         super::tools::reload,
+        super::sql::sql,
     ),
-    components(schemas(ErrorBody, ToolCall, ToolResult, ToolList, ToolDescription, WhoAmI, Health, Versions, PluginList, ReloadResult)),
+    components(schemas(ErrorBody, SqlRequest, SqlResult, ToolCall, ToolResult, ToolList, ToolDescription, WhoAmI, Health, Versions, PluginList, ReloadResult)),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
 )]
