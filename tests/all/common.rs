@@ -137,7 +137,24 @@ impl Default for GatewayOptions {
     }
 }
 
+/// The bundled tools beyond the default two.
+pub const CATALOGUE: [&str; 5] = [
+    "fleet-cluster-find-stragglers",
+    "fleet-cluster-find-outlier-nodes",
+    "fleet-cluster-anomaly-list",
+    "fleet-cluster-memfrag-hotspots",
+    "fleet-cluster-kernel-launch-summary",
+];
+
 impl GatewayOptions {
+    /// Adds every other bundled tool.
+    pub fn with_catalogue(mut self) -> Self {
+        for c in CATALOGUE {
+            self.plugins.push((component(c), format!("{c}.wasm")));
+        }
+        self
+    }
+
     /// Adds the hostile fixture with a short deadline and a small memory limit.
     pub fn with_hostile(mut self) -> Self {
         self.plugins.push((component("hostile"), "hostile.wasm".into()));

@@ -2,6 +2,7 @@
 //! the real router and, in `binary`, the real `sluice` binary.
 
 mod bad_input;
+mod catalogue;
 mod authoring;
 mod binary;
 mod common;

@@ -54,6 +54,17 @@ pub fn rows_tool(name: &str, version: &str, description: &str, input_schema: Jso
     }
 }
 
+/// [`rows_tool`] with the schema of one row (`{"type": "object", "properties": ...}`) in the
+/// output schema.
+pub fn rows_tool_of(name: &str, version: &str, description: &str, input_schema: Json, row_schema: Json) -> ToolInfo {
+    let output = json!({
+        "type": "object",
+        "required": ["rows"],
+        "properties": {"rows": {"type": "array", "items": row_schema}}
+    });
+    ToolInfo { output_schema: output.to_string(), ..rows_tool(name, version, description, input_schema) }
+}
+
 /// A query result as the tool's answer: `{"rows": [{column: value, ...}, ...]}`.
 pub fn rows_result(result: &QueryResult) -> Result<String, ToolError> {
     to_result(&json!({ "rows": rows_as_objects(result) }))
