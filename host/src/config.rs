@@ -32,6 +32,8 @@ pub struct Config {
     pub drain: DrainConfig,
     /// The audit log.
     pub audit: AuditConfig,
+    /// OTLP metrics ingest.
+    pub ingest: IngestConfig,
 }
 
 /// `[auth]`: exactly one of `bearer_acl_file` and `token_file`.
@@ -100,6 +102,22 @@ pub struct DrainConfig {
 impl Default for DrainConfig {
     fn default() -> Self {
         Self { shutdown_deadline: HumanDuration(crate::drain::DEFAULT_SHUTDOWN_DEADLINE) }
+    }
+}
+
+/// `[ingest]`: `POST /v1/metrics` (OTLP/HTTP).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Largest request body as sent (compressed or not); larger gets 413.
+    pub max_body: ByteSize,
+    /// Largest body once gunzipped; larger gets 400.
+    pub max_uncompressed: ByteSize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self { max_body: ByteSize(16 << 20), max_uncompressed: ByteSize(64 << 20) }
     }
 }
 
@@ -371,6 +389,7 @@ mod tests {
         let d = Config::default();
         assert_eq!(format!("{:?}", example.server), format!("{:?}", d.server));
         assert_eq!(format!("{:?}", example.database), format!("{:?}", d.database));
+        assert_eq!(format!("{:?}", example.ingest), format!("{:?}", d.ingest));
         let (e, d) = (&example.plugins, &d.plugins);
         assert_eq!((&e.dir, &e.cache_dir, e.watch, e.memory_limit, e.deadline), (&d.dir, &d.cache_dir, d.watch, d.memory_limit, d.deadline));
         assert_eq!(e.max_concurrent_calls, d.max_concurrent_calls);

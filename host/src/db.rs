@@ -251,6 +251,41 @@ impl Database {
         self.inner.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Appends rows to `events`, all or none (one transaction).
+    pub fn append_events(&self, rows: &[crate::ingest::EventRow]) -> anyhow::Result<usize> {
+        use anyhow::Context as _;
+        use duckdb::types::{TimeUnit, Value as V};
+        let conn = self.writer();
+        conn.execute_batch("BEGIN TRANSACTION").context("starting the ingest transaction")?;
+        let appended = (|| -> anyhow::Result<()> {
+            let mut app = conn.appender("events").context("opening the appender on events")?;
+            for r in rows {
+                app.append_row(duckdb::params![
+                    V::Timestamp(TimeUnit::Microsecond, r.ts),
+                    r.cluster_id,
+                    r.node_id,
+                    r.metric_name,
+                    r.value,
+                    r.host,
+                    None::<String>,
+                    r.attributes,
+                ])?;
+            }
+            app.flush()?;
+            Ok(())
+        })();
+        match appended {
+            Ok(()) => {
+                conn.execute_batch("COMMIT").context("committing the ingest transaction")?;
+                Ok(rows.len())
+            }
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Err(e.context("appending to events"))
+            }
+        }
+    }
+
     /// Runs one read-only statement. `deadline` bounds it in addition to the configured query
     /// timeout; whichever comes first interrupts the query.
     pub fn query_read_only(

@@ -17,6 +17,7 @@ pub mod demo;
 pub mod dev;
 pub mod drain;
 pub mod http;
+pub mod ingest;
 pub mod metrics;
 pub mod ratelimit;
 pub mod runtime;

@@ -68,6 +68,7 @@ pub struct Metrics {
     plugin_reloads: IntCounterVec,
     auth_failures: IntCounterVec,
     rate_limited: IntCounterVec,
+    ingest_points: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -127,7 +128,12 @@ impl Metrics {
             &["limit"],
         )
         .expect("valid metric");
-        for c in [&http_requests, &plugin_calls, &plugin_reloads, &auth_failures, &rate_limited] {
+        let ingest_points = IntCounterVec::new(
+            Opts::new("sluice_ingest_points_total", "OTLP data points by result (accepted, rejected, failed)."),
+            &["result"],
+        )
+        .expect("valid metric");
+        for c in [&http_requests, &plugin_calls, &plugin_reloads, &auth_failures, &rate_limited, &ingest_points] {
             registry.register(Box::new(c.clone())).expect("unique metric");
         }
         for h in [&http_duration, &plugin_duration] {
@@ -142,6 +148,14 @@ impl Metrics {
             plugin_reloads,
             auth_failures,
             rate_limited,
+            ingest_points,
+        }
+    }
+
+    /// Records OTLP points; `result` is `accepted`, `rejected` or `failed`.
+    pub fn ingest_points(&self, result: &'static str, n: usize) {
+        if n > 0 {
+            self.ingest_points.with_label_values(&[result]).inc_by(n as u64);
         }
     }
 

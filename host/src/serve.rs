@@ -73,6 +73,7 @@ impl Gateway {
             drain: Arc::new(Drain::default()),
             audit,
             max_body: config.server.max_body.0,
+            ingest: config.ingest.clone(),
         });
         Ok(Self { state, watchers })
     }

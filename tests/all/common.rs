@@ -248,6 +248,16 @@ impl TestGateway {
         Reply::from(resp).await
     }
 
+    /// One request with raw bytes and these headers.
+    pub async fn request_raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Reply {
+        let mut req = Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = self.gateway.api().oneshot(req.body(Body::from(body)).unwrap()).await.unwrap();
+        Reply::from(resp).await
+    }
+
     /// `POST /api/v2/tools/<name>` with `{"args": args}`, as the admin bearer.
     pub async fn call(&self, tool: &str, args: Value) -> Reply {
         self.call_as(ADMIN_TOKEN, tool, args).await
@@ -267,6 +277,8 @@ pub struct Reply {
     pub headers: HeaderMap,
     pub body: Value,
     pub text: String,
+    /// The body as received.
+    pub bytes: Vec<u8>,
 }
 
 impl Reply {
@@ -276,7 +288,7 @@ impl Reply {
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         let text = String::from_utf8_lossy(&bytes).into_owned();
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Self { status, headers, body, text }
+        Self { status, headers, body, text, bytes: bytes.to_vec() }
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {

@@ -314,6 +314,7 @@ async fn the_openapi_document_describes_every_route_and_every_error_code() {
         "/api/v2/tools/list",
         "/api/v2/tools/{name}",
         "/api/v2/sql",
+        "/v1/metrics",
         "/api/v2/admin/plugins",
         "/api/v2/admin/plugins/reload",
         "/metrics",

@@ -37,6 +37,9 @@ pub enum ApiError {
     /// 410 `gone`: `/api/v1/*`.
     #[error("api/v1 removed in v1.0; use /api/v2")]
     Gone,
+    /// 415 `unsupported_media_type`: `POST /v1/metrics` in an encoding it does not take.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// 413 `payload_too_large`.
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
@@ -72,6 +75,7 @@ impl ApiError {
             Self::ToolNotFound(_) | Self::NotFound => StatusCode::NOT_FOUND,
             Self::Gone => StatusCode::GONE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::ToolBackendFailure { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Self::ToolTimeout { .. } | Self::SqlTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -88,6 +92,7 @@ impl ApiError {
             Self::NotFound => "not_found",
             Self::Gone => "gone",
             Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::ToolBackendFailure { .. } => "tool_backend_failure",
             Self::InFlightCap { .. } => "in_flight_cap",
             Self::MissingBearer => "missing_bearer",

@@ -7,6 +7,7 @@
 pub mod error;
 mod front_door;
 pub mod openapi;
+mod otlp;
 mod sql;
 mod tools;
 
@@ -63,6 +64,8 @@ pub struct AppInner {
     pub audit: AuditLog,
     /// Largest request body.
     pub max_body: usize,
+    /// OTLP ingest limits.
+    pub ingest: crate::config::IngestConfig,
 }
 
 /// Route templates of the API listener and whether each is public (served without a bearer).
@@ -77,6 +80,7 @@ const ROUTES: &[(&str, bool)] = &[
     ("/api/v2/tools/list", false),
     ("/api/v2/tools/{name}", false),
     ("/api/v2/sql", false),
+    ("/v1/metrics", false),
     ("/api/v2/admin/plugins", false),
     ("/api/v2/admin/plugins/reload", false),
     ("/metrics", false),
@@ -95,6 +99,9 @@ pub fn api_service(state: AppState, max_body: usize) -> FrontDoor {
             "/api/v2/tools/list" => get(tools::list),
             "/api/v2/tools/{name}" => post(tools::call),
             "/api/v2/sql" => post(sql::sql),
+            "/v1/metrics" => {
+                post(otlp::ingest).layer(axum::extract::DefaultBodyLimit::max(state.ingest.max_body.0))
+            }
             "/api/v2/admin/plugins" => get(tools::plugins),
             "/api/v2/admin/plugins/reload" => post(tools::reload),
             "/metrics" => get(metrics),
@@ -143,7 +150,7 @@ async fn versions(State(state): State<AppState>, req: Request) -> Response {
         "deprecated": [],
         "preferred": "v2",
         "binary": {"component": "sluice", "version": major_minor},
-        "capabilities": {"tools_endpoint": true, "sql_endpoint": true, "mcp": false, "otlp_ingest": false},
+        "capabilities": {"tools_endpoint": true, "sql_endpoint": true, "mcp": false, "otlp_ingest": true},
         "removal_schedule": {},
     }))
     .into_response()

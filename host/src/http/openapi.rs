@@ -182,6 +182,7 @@ impl Modify for BearerAuth {
         super::tools::plugins,
         super::tools::reload,
         super::sql::sql,
+        super::otlp::ingest,
     ),
     components(schemas(ErrorBody, SqlRequest, SqlResult, ToolCall, ToolResult, ToolList, ToolDescription, WhoAmI, Health, Versions, PluginList, ReloadResult)),
     modifiers(&BearerAuth),

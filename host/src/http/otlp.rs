@@ -1,0 +1,73 @@
+//! `POST /v1/metrics`: OTLP/HTTP metrics ingest (protobuf or JSON, optionally gzip), bearer
+//! required. Accepted points are appended to `events` in one transaction; rejected ones are
+//! counted in the OTLP partial-success answer. See [`crate::ingest`] for the mapping.
+
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::{ApiError, AppState, Caller, openapi};
+use crate::ingest::{self, DecodeError, Encoding};
+
+/// `POST /v1/metrics` with an OTLP `ExportMetricsServiceRequest`.
+#[utoipa::path(post, path = "/v1/metrics",
+    request_body(content = Vec<u8>, description = "OTLP ExportMetricsServiceRequest", content_type = "application/x-protobuf"),
+    responses(
+        (status = 200, description = "ExportMetricsServiceResponse in the request's encoding; `partial_success.rejected_data_points` counts points without `ingero.cluster.id`/`ingero.node.id`, outside a scoped bearer's clusters, or of a type not stored (exponential histograms, summaries)"),
+        (status = 400, description = "`invalid_request`: not an OTLP metrics request, bad gzip, or too large once uncompressed", body = openapi::ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = openapi::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not application/x-protobuf or application/json, or an encoding other than gzip", body = openapi::ErrorBody),
+        (status = 500, description = "`tool_backend_failure` with `tool` = `ingest`: the database refused the batch (nothing was written)", body = openapi::ErrorBody),
+        openapi::FrontDoorErrors,
+))]
+pub async fn ingest(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let header = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
+    let encoding = ingest::encoding_of(header(header::CONTENT_TYPE)).map_err(|e| ApiError::UnsupportedMediaType(e.to_string()))?;
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(state.ingest.max_body.0)
+        } else {
+            ApiError::InvalidRequest(format!("could not read the request body: {e}"))
+        }
+    })?;
+    let req = ingest::decode(&body, encoding, header(header::CONTENT_ENCODING), state.ingest.max_uncompressed.0)
+        .map_err(|e| match e {
+            DecodeError::ContentType(_) | DecodeError::ContentEncoding(_) => ApiError::UnsupportedMediaType(e.to_string()),
+            other => ApiError::InvalidRequest(other.to_string()),
+        })?;
+    let converted = ingest::convert(&req, &caller.identity.allowed_clusters);
+    let accepted = converted.rows.len();
+    let db = state.runtime.db().clone();
+    let rows = converted.rows;
+    let written = tokio::task::spawn_blocking(move || db.append_events(&rows))
+        .await
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("ingest task failed: {e}")));
+    let mut ev = caller.audit("otlp_ingest").with("accepted", accepted).with("rejected", converted.rejected);
+    if let Err(e) = &written {
+        ev = ev.with("error", format!("{e:#}")).with("status", 500);
+        state.audit.record(ev);
+        state.metrics.ingest_points("failed", accepted);
+        return Err(ApiError::ToolBackendFailure {
+            tool: "ingest".into(),
+            req_id: caller.req_id.to_string(),
+            detail: format!("{e:#}"),
+        });
+    }
+    state.audit.record(ev.with("status", 200));
+    state.metrics.ingest_points("accepted", accepted);
+    state.metrics.ingest_points("rejected", converted.rejected as usize);
+    let content_type = match encoding {
+        Encoding::Protobuf => "application/x-protobuf",
+        Encoding::Json => "application/json",
+    };
+    let answer = ingest::response(converted.rejected, converted.reason, encoding);
+    Ok(([(header::CONTENT_TYPE, content_type)], answer).into_response())
+}
