@@ -136,7 +136,7 @@ fn main() {
     db.writer()
         .execute_batch(
             "INSERT INTO events SELECT TIMESTAMP '2026-01-01' + to_seconds(i), 'big-' || (i % 16), 'n' || (i % 512), \
-             'm' || (i % 8), (i % 1000) / 10.0, NULL, NULL, NULL FROM range(10000000) t(i)",
+             'm' || (i % 7), (i % 1000) / 10.0, NULL, NULL, NULL FROM range(10000000) t(i)",
         )
         .unwrap();
     println!("SQL: loaded 10 M rows in {:.1?}", started.elapsed());
@@ -152,11 +152,11 @@ fn main() {
             .unwrap();
             assert_eq!(resp.status(), 200);
             let v: serde_json::Value = rt.block_on(resp.json()).unwrap();
-            assert_eq!(v["rows"].as_array().unwrap().len(), 128);
+            assert_eq!(v["rows"].as_array().unwrap().len(), 112);
         }));
         inproc.push(rate(|| {
             let r = db.query_read_only(sql, &[], RowLimit::AtMost(10_000), None).unwrap();
-            assert_eq!(r.rows.len(), 128);
+            assert_eq!(r.rows.len(), 112);
         }));
     }
     let (i, h) = (median(inproc), median(over_http));

@@ -262,12 +262,12 @@ impl Database {
             for r in rows {
                 app.append_row(duckdb::params![
                     V::Timestamp(TimeUnit::Microsecond, r.ts),
-                    r.cluster_id,
-                    r.node_id,
-                    r.metric_name,
+                    &*r.cluster_id,
+                    &*r.node_id,
+                    &*r.metric_name,
                     r.value,
-                    r.host,
-                    None::<String>,
+                    r.host.as_deref(),
+                    None::<&str>,
                     r.attributes,
                 ])?;
             }

@@ -10,6 +10,7 @@
 //! type Sluice does not store) are rejected and counted, as OTLP's partial success wants.
 
 use std::io::Read as _;
+use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
@@ -24,16 +25,16 @@ pub const CLUSTER_ATTR: &str = "ingero.cluster.id";
 /// The resource attribute naming a point's node.
 pub const NODE_ATTR: &str = "ingero.node.id";
 
-/// One row for `events`.
+/// One row for `events`. The names a resource's points share are shared, not copied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventRow {
     /// Microseconds since the epoch.
     pub ts: i64,
-    pub cluster_id: String,
-    pub node_id: String,
-    pub metric_name: String,
+    pub cluster_id: Arc<str>,
+    pub node_id: Arc<str>,
+    pub metric_name: Arc<str>,
     pub value: Option<f64>,
-    pub host: Option<String>,
+    pub host: Option<Arc<str>>,
     /// A JSON object.
     pub attributes: String,
 }
@@ -137,6 +138,38 @@ fn attrs_to_map(attrs: &[KeyValue]) -> Map<String, Json> {
     attrs.iter().map(|kv| (kv.key.clone(), kv.value.as_ref().map_or(Json::Null, any_to_json))).collect()
 }
 
+/// Writes attributes as a JSON object straight into a string (strings, numbers and booleans
+/// without an intermediate map; nested values through `serde_json::Value`), with `extra` pairs
+/// appended.
+fn attrs_json(attrs: &[KeyValue], extra: &[(&str, Json)]) -> String {
+    let mut out = Vec::with_capacity(16 + attrs.len() * 24);
+    out.push(b'{');
+    let mut first = true;
+    let mut key = |out: &mut Vec<u8>, k: &str| {
+        if !std::mem::take(&mut first) {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut *out, k).expect("writing to a Vec");
+        out.push(b':');
+    };
+    for kv in attrs {
+        key(&mut out, &kv.key);
+        let written = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+            Some(any_value::Value::StringValue(s)) => serde_json::to_writer(&mut out, s),
+            Some(any_value::Value::IntValue(i)) => serde_json::to_writer(&mut out, i),
+            Some(any_value::Value::BoolValue(b)) => serde_json::to_writer(&mut out, b),
+            _ => serde_json::to_writer(&mut out, &kv.value.as_ref().map_or(Json::Null, any_to_json)),
+        };
+        written.expect("writing to a Vec");
+    }
+    for (k, v) in extra {
+        key(&mut out, k);
+        serde_json::to_writer(&mut out, v).expect("writing to a Vec");
+    }
+    out.push(b'}');
+    String::from_utf8(out).expect("serde_json writes UTF-8")
+}
+
 fn attr_str<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
     attrs.iter().find(|kv| kv.key == key).and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
         any_value::Value::StringValue(s) => Some(s.as_str()),
@@ -178,18 +211,20 @@ pub fn convert(req: &ExportMetricsServiceRequest, allowed: &[String]) -> Convert
             out.reject(points, || format!("cluster {cluster:?} is outside this bearer's clusters"));
             continue;
         }
-        let host = attr_str(resource, "host.name").map(str::to_owned);
-        let row = |ts: u64, name: &str, value: Option<f64>, attrs: Map<String, Json>| EventRow {
+        let host: Option<Arc<str>> = attr_str(resource, "host.name").map(Arc::from);
+        let (cluster, node): (Arc<str>, Arc<str>) = (Arc::from(cluster), Arc::from(node));
+        let row = |ts: u64, name: &Arc<str>, value: Option<f64>, attributes: String| EventRow {
             ts: micros(ts),
-            cluster_id: cluster.to_owned(),
-            node_id: node.to_owned(),
-            metric_name: name.to_owned(),
+            cluster_id: cluster.clone(),
+            node_id: node.clone(),
+            metric_name: name.clone(),
             value,
             host: host.clone(),
-            attributes: Json::Object(attrs).to_string(),
+            attributes,
         };
         let mut rows = Vec::new();
         for m in rm.scope_metrics.iter().flat_map(|sm| &sm.metrics) {
+            let name: Arc<str> = Arc::from(m.name.as_str());
             let number = |p: &opentelemetry_proto::tonic::metrics::v1::NumberDataPoint| match p.value {
                 Some(number_data_point::Value::AsDouble(d)) => Some(d),
                 Some(number_data_point::Value::AsInt(i)) => Some(i as f64),
@@ -197,20 +232,21 @@ pub fn convert(req: &ExportMetricsServiceRequest, allowed: &[String]) -> Convert
             };
             match &m.data {
                 Some(metric::Data::Gauge(g)) => {
-                    rows.extend(g.data_points.iter().map(|p| row(p.time_unix_nano, &m.name, number(p), attrs_to_map(&p.attributes))));
+                    rows.extend(g.data_points.iter().map(|p| row(p.time_unix_nano, &name, number(p), attrs_json(&p.attributes, &[]))));
                 }
                 Some(metric::Data::Sum(s)) => {
-                    rows.extend(s.data_points.iter().map(|p| row(p.time_unix_nano, &m.name, number(p), attrs_to_map(&p.attributes))));
+                    rows.extend(s.data_points.iter().map(|p| row(p.time_unix_nano, &name, number(p), attrs_json(&p.attributes, &[]))));
                 }
                 Some(metric::Data::Histogram(h)) => {
                     rows.extend(h.data_points.iter().map(|p| {
-                        let mut a = attrs_to_map(&p.attributes);
-                        a.insert("count".into(), p.count.into());
-                        a.insert("bucket_counts".into(), p.bucket_counts.clone().into());
-                        a.insert("explicit_bounds".into(), p.explicit_bounds.clone().into());
-                        a.insert("min".into(), p.min.into());
-                        a.insert("max".into(), p.max.into());
-                        row(p.time_unix_nano, &m.name, p.sum, a)
+                        let extra = [
+                            ("count", Json::from(p.count)),
+                            ("bucket_counts", Json::from(p.bucket_counts.clone())),
+                            ("explicit_bounds", Json::from(p.explicit_bounds.clone())),
+                            ("min", Json::from(p.min)),
+                            ("max", Json::from(p.max)),
+                        ];
+                        row(p.time_unix_nano, &name, p.sum, attrs_json(&p.attributes, &extra))
                     }));
                 }
                 Some(metric::Data::ExponentialHistogram(h)) => {
