@@ -74,6 +74,7 @@ impl Gateway {
             audit,
             max_body: config.server.max_body.0,
             ingest: config.ingest.clone(),
+            mcp_shutdown: tokio_util::sync::CancellationToken::new(),
         });
         Ok(Self { state, watchers })
     }
@@ -151,6 +152,7 @@ pub async fn serve_gateway(config: &Config, gateway: Gateway, audit: AuditLog) -
     let health = serve_on(health_listener, health_router(gateway.state.drain.clone()), tls, stop_rx);
     let deadline = config.drain.shutdown_deadline.0;
     let (drain, runtime) = (gateway.state.drain.clone(), gateway.runtime().clone());
+    let mcp_shutdown = gateway.state.mcp_shutdown.clone();
     let signal = async move {
         shutdown_signal().await;
         // Readiness fails and new requests get 503 from here on; the listeners stay open so
@@ -167,6 +169,7 @@ pub async fn serve_gateway(config: &Config, gateway: Gateway, audit: AuditLog) -
         }
         audit.record(AuditEvent::new("drain_end").with("clean", clean).with("in_flight", drain.in_flight()));
         audit.flush();
+        mcp_shutdown.cancel();
         let _ = stop_tx.send(true);
     };
     let (a, h, ()) = tokio::join!(api, health, signal);

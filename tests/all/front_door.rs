@@ -315,6 +315,8 @@ async fn the_openapi_document_describes_every_route_and_every_error_code() {
         "/api/v2/tools/{name}",
         "/api/v2/sql",
         "/v1/metrics",
+        "/mcp",
+        "/",
         "/api/v2/admin/plugins",
         "/api/v2/admin/plugins/reload",
         "/metrics",

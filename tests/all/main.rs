@@ -9,6 +9,7 @@ mod common;
 mod front_door;
 mod hostile;
 mod hot_swap;
+mod mcp;
 mod otlp;
 mod registry;
 mod sql;

@@ -6,6 +6,7 @@
 
 pub mod error;
 mod front_door;
+mod mcp;
 pub mod openapi;
 mod otlp;
 mod sql;
@@ -66,6 +67,9 @@ pub struct AppInner {
     pub max_body: usize,
     /// OTLP ingest limits.
     pub ingest: crate::config::IngestConfig,
+    /// Cancelled at the end of a drain: closes MCP sessions and their event streams, which would
+    /// otherwise keep connections (and the shutdown) open.
+    pub mcp_shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Route templates of the API listener and whether each is public (served without a bearer).
@@ -81,6 +85,8 @@ const ROUTES: &[(&str, bool)] = &[
     ("/api/v2/tools/{name}", false),
     ("/api/v2/sql", false),
     ("/v1/metrics", false),
+    ("/", false),
+    ("/mcp", false),
     ("/api/v2/admin/plugins", false),
     ("/api/v2/admin/plugins/reload", false),
     ("/metrics", false),
@@ -105,10 +111,13 @@ pub fn api_service(state: AppState, max_body: usize) -> FrontDoor {
             "/api/v2/admin/plugins" => get(tools::plugins),
             "/api/v2/admin/plugins/reload" => post(tools::reload),
             "/metrics" => get(metrics),
+            "/" | "/mcp" => continue,
             other => unreachable!("no handler for route {other}"),
         };
         router = router.route(path, handler);
     }
+    let mcp = mcp::service(state.clone());
+    let router = router.route_service("/", mcp.clone()).route_service("/mcp", mcp);
     let router = router
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
@@ -150,7 +159,7 @@ async fn versions(State(state): State<AppState>, req: Request) -> Response {
         "deprecated": [],
         "preferred": "v2",
         "binary": {"component": "sluice", "version": major_minor},
-        "capabilities": {"tools_endpoint": true, "sql_endpoint": true, "mcp": false, "otlp_ingest": true},
+        "capabilities": {"tools_endpoint": true, "sql_endpoint": true, "mcp": true, "otlp_ingest": true},
         "removal_schedule": {},
     }))
     .into_response()

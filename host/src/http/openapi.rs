@@ -183,6 +183,8 @@ impl Modify for BearerAuth {
         super::tools::reload,
         super::sql::sql,
         super::otlp::ingest,
+        super::mcp::mcp_doc,
+        super::mcp::mcp_root_doc,
     ),
     components(schemas(ErrorBody, SqlRequest, SqlResult, ToolCall, ToolResult, ToolList, ToolDescription, WhoAmI, Health, Versions, PluginList, ReloadResult)),
     modifiers(&BearerAuth),

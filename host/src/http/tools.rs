@@ -8,6 +8,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use serde_json::value::RawValue;
+use std::sync::Arc;
 
 use super::{ApiError, AppState, Caller, openapi};
 use crate::runtime::{CallContext, CallError, LoadedTool, ToolError, WitQueryError, is_valid_tool_name};
@@ -62,50 +63,65 @@ pub async fn call(
     let started = std::time::Instant::now();
     let mut cluster_id = None;
     let result = Box::pin(dispatch(&state, &caller, &name, body, &mut cluster_id)).await;
-    let (status, error) = match &result {
-        Ok(_) => (200, None),
+    audit_call(&state, &caller, &name, cluster_id, result.as_ref().map(|_| ()), started, "rest");
+    result
+}
+
+/// One audit line per tool call, REST or MCP: `tool_call`, or `tool_backend_failure` with the
+/// full error text the caller never sees.
+pub(super) fn audit_call(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    cluster_id: Option<String>,
+    result: Result<(), &ApiError>,
+    started: std::time::Instant,
+    via: &'static str,
+) {
+    let (status, error) = match result {
+        Ok(()) => (200, None),
         Err(ApiError::ToolBackendFailure { detail, .. }) => (500, Some(detail.clone())),
         Err(e) => (e.status().as_u16(), None),
     };
     let mut ev = caller.audit(if error.is_some() { "tool_backend_failure" } else { "tool_call" });
-    ev.tool = Some(name.clone());
+    ev.tool = Some(name.to_owned());
     ev.cluster_id = cluster_id;
-    ev = ev.with("status", status).with("duration_ms", started.elapsed().as_millis() as u64);
+    ev = ev.with("status", status).with("duration_ms", started.elapsed().as_millis() as u64).with("via", via);
     if let Some(e) = error {
         ev = ev.with("error", e);
     }
     state.audit.record(ev);
-    result
 }
 
-async fn dispatch(
-    state: &AppState,
-    caller: &Caller,
-    name: &str,
-    body: Result<Bytes, BytesRejection>,
-    cluster_id: &mut Option<String>,
-) -> Result<Response, ApiError> {
-    let name = name.to_owned();
-    let req_id = caller.req_id.to_string();
-    let identity = &caller.identity;
-    if !is_valid_tool_name(&name) {
+/// A tool's successful answer and the exact version that gave it.
+pub(super) struct Answer {
+    pub result: Box<RawValue>,
+    pub tool: Arc<LoadedTool>,
+}
+
+/// Checks a tool name and finds the tool in the current registry snapshot.
+pub(super) fn find_tool(state: &AppState, name: &str) -> Result<Arc<LoadedTool>, ApiError> {
+    if !is_valid_tool_name(name) {
         return Err(ApiError::InvalidRequest(format!(
             "invalid tool name {name:?}: names match ^[a-z][a-z0-9_.]{{1,127}}$"
         )));
     }
     // Snapshot the registry once: this call runs on this version whatever reloads happen.
-    let registry = state.runtime.registry();
-    let tool = registry.get(&name).cloned().ok_or_else(|| ApiError::ToolNotFound(name.clone()))?;
-    drop(registry);
+    state.runtime.registry().get(name).cloned().ok_or_else(|| ApiError::ToolNotFound(name.to_owned()))
+}
 
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge(state.max_body)
-        } else {
-            ApiError::InvalidRequest(format!("could not read the request body: {e}"))
-        }
-    })?;
-    let args = parse_args(&body)?;
+/// Runs a found tool for a caller: the argument schema, tenant scope, then the call. The same
+/// for REST and MCP.
+pub(super) async fn run_found(
+    state: &AppState,
+    caller: &Caller,
+    tool: Arc<LoadedTool>,
+    args: Value,
+    cluster_id: &mut Option<String>,
+) -> Result<Answer, ApiError> {
+    let name = &tool.name;
+    let req_id = caller.req_id.to_string();
+    let identity = &caller.identity;
     *cluster_id = args.get("cluster_id").and_then(Value::as_str).map(str::to_owned);
     if let Some((path, err)) = tool.validate_args(&args) {
         return Err(ApiError::InvalidArgs {
@@ -136,14 +152,34 @@ async fn dispatch(
         req_id: req_id.clone(),
         detail: format!("tool returned invalid JSON: {e}"),
     })?;
-    let mut body = String::with_capacity(out.json.len() + 12);
+    Ok(Answer { result, tool: out.tool })
+}
+
+async fn dispatch(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    body: Result<Bytes, BytesRejection>,
+    cluster_id: &mut Option<String>,
+) -> Result<Response, ApiError> {
+    let tool = find_tool(state, name)?;
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(state.max_body)
+        } else {
+            ApiError::InvalidRequest(format!("could not read the request body: {e}"))
+        }
+    })?;
+    let args = parse_args(&body)?;
+    let Answer { result, tool } = run_found(state, caller, tool, args, cluster_id).await?;
+    let mut body = String::with_capacity(result.get().len() + 12);
     body.push_str("{\"result\":");
     body.push_str(result.get());
     body.push('}');
     let mut resp = ([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response();
     let h = resp.headers_mut();
-    h.insert(X_PLUGIN_DIGEST.clone(), HeaderValue::from_str(&out.tool.digest).expect("hex digest"));
-    if let Ok(v) = HeaderValue::from_str(&out.tool.version) {
+    h.insert(X_PLUGIN_DIGEST.clone(), HeaderValue::from_str(&tool.digest).expect("hex digest"));
+    if let Ok(v) = HeaderValue::from_str(&tool.version) {
         h.insert(X_PLUGIN_VERSION.clone(), v);
     }
     Ok(resp)

@@ -1,0 +1,186 @@
+//! MCP (JSON-RPC 2.0 over streamable HTTP, with the `rmcp` crate) at `/` and `/mcp` on the API
+//! listener: `initialize`, `tools/list` (with `inputSchema` and `outputSchema`), `tools/call`
+//! (text `content` and `structuredContent`), `prompts/list` and `prompts/get` for
+//! `investigate`.
+//!
+//! Requests pass the front door like any other (bearer, limits, request id, metrics), so MCP has
+//! the same bearers, tenant scope, limits and audit as REST. The tool list is read from the
+//! registry on every `tools/list`, so it follows hot reloads.
+
+use std::sync::Arc;
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData, GetPromptRequestParams,
+    GetPromptResponse, GetPromptResult, Implementation, InitializeResult, JsonObject, ListPromptsResult,
+    ListToolsResult, PaginatedRequestParams, Prompt, PromptArgument, PromptMessage, Role, ServerCapabilities, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{RoleServer, ServerHandler};
+use serde_json::Value;
+
+use super::tools::{Answer, audit_call, find_tool, run_found};
+use super::{ApiError, AppState, Caller};
+
+/// `POST /mcp`: MCP JSON-RPC (documentation only; `rmcp` serves the route).
+#[utoipa::path(post, path = "/mcp", request_body(content = Object, description = "A JSON-RPC 2.0 message: initialize, tools/list, tools/call, prompts/list, prompts/get", content_type = "application/json"),
+    responses(
+        (status = 200, description = "A JSON-RPC answer, as `application/json` or a `text/event-stream`; `mcp-session-id` after initialize"),
+        super::openapi::FrontDoorErrors,
+))]
+#[allow(dead_code)]
+fn mcp_doc() {}
+
+/// `POST /`: the same MCP endpoint as `/mcp` (documentation only).
+#[utoipa::path(post, path = "/", request_body(content = Object, description = "As for /mcp", content_type = "application/json"),
+    responses(
+        (status = 200, description = "As for /mcp"),
+        super::openapi::FrontDoorErrors,
+))]
+#[allow(dead_code)]
+fn mcp_root_doc() {}
+
+/// The MCP service, for `Router::route_service`.
+pub type McpService = StreamableHttpService<Mcp, LocalSessionManager>;
+
+/// Builds the MCP service: sessions (`mcp-session-id`), JSON answers where a call needs no
+/// stream and SSE otherwise. Host-header checks are off: every request carries a bearer, which
+/// a DNS-rebinding page cannot supply.
+pub fn service(state: AppState) -> McpService {
+    let mut config = StreamableHttpServerConfig::default().disable_allowed_hosts();
+    config.json_response = true;
+    config.cancellation_token = state.mcp_shutdown.child_token();
+    StreamableHttpService::new(move || Ok(Mcp { state: state.clone() }), Arc::new(LocalSessionManager::default()), config)
+}
+
+/// The MCP server of one session.
+#[derive(Clone)]
+pub struct Mcp {
+    state: AppState,
+}
+
+/// The caller the front door authenticated, from the HTTP request rmcp hands over.
+fn caller(ctx: &RequestContext<RoleServer>) -> Result<Caller, ErrorData> {
+    ctx.extensions
+        .get::<axum::http::request::Parts>()
+        .and_then(|p| p.extensions.get::<Caller>())
+        .cloned()
+        .ok_or_else(|| ErrorData::internal_error("no authenticated caller on this request", None))
+}
+
+fn object(v: &Value) -> JsonObject {
+    match v {
+        Value::Object(m) => m.clone(),
+        _ => JsonObject::new(),
+    }
+}
+
+const INVESTIGATE: &str = "investigate";
+
+impl ServerHandler for Mcp {
+    fn get_info(&self) -> InitializeResult {
+        InitializeResult::new(ServerCapabilities::builder().enable_tools().enable_prompts().build())
+            .with_server_info(Implementation::new("sluice", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Sluice answers questions about a GPU fleet's telemetry stored in DuckDB. Call \
+                 fleet.cluster.summary first, then find_stragglers, find_outlier_nodes, anomaly_list, \
+                 memfrag_hotspots or kernel_launch_summary; the `investigate` prompt walks through it.",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let scoped = caller(&ctx)?.identity.is_scoped();
+        let registry = self.state.runtime.registry();
+        let tools = registry
+            .tools()
+            .filter(|t| !scoped || t.allow_tenant_scoped)
+            .map(|t| {
+                Tool::new(t.name.clone(), t.description.clone(), Arc::new(object(&t.input_schema)))
+                    .with_raw_output_schema(Arc::new(object(&t.output_schema)))
+            })
+            .collect();
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let caller = caller(&ctx)?;
+        let started = std::time::Instant::now();
+        let name = request.name.to_string();
+        let args = Value::Object(request.arguments.unwrap_or_default());
+        let mut cluster_id = None;
+        let result = match find_tool(&self.state, &name) {
+            Ok(tool) => Box::pin(run_found(&self.state, &caller, tool, args, &mut cluster_id)).await,
+            Err(e) => Err(e),
+        };
+        audit_call(&self.state, &caller, &name, cluster_id, result.as_ref().map(|_| ()), started, "mcp");
+        match result {
+            Ok(Answer { result, .. }) => {
+                let value: Value = serde_json::from_str(result.get())
+                    .map_err(|e| ErrorData::internal_error(format!("tool answer: {e}"), None))?;
+                Ok(CallToolResult::structured(value).into())
+            }
+            // An unknown tool or a malformed name is the request's fault: a protocol error.
+            Err(e @ (ApiError::ToolNotFound(_) | ApiError::InvalidRequest(_))) => {
+                Err(ErrorData::invalid_params(e.to_string(), Some(e.body())))
+            }
+            // Everything else happened in the tool: the caller sees the same body REST answers.
+            Err(e) => Ok(CallToolResult::error(vec![ContentBlock::text(e.body().to_string())]).into()),
+        }
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        let args = vec![
+            PromptArgument::new("cluster_id").with_description("The cluster to investigate.").with_required(true),
+            PromptArgument::new("time_window")
+                .with_description("How far back from the newest event, e.g. 24h (default 24h).")
+                .with_required(false),
+        ];
+        Ok(ListPromptsResult::with_all_items(vec![Prompt::new(
+            INVESTIGATE,
+            Some("Investigate a cluster's health: stragglers, outliers, anomalies, memory fragmentation."),
+            Some(args),
+        )]))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        if request.name != INVESTIGATE {
+            return Err(ErrorData::invalid_params(format!("no prompt {:?}; there is `investigate`", request.name), None));
+        }
+        let args = request.arguments.unwrap_or_default();
+        let Some(cluster) = args.get("cluster_id").and_then(Value::as_str).filter(|c| !c.is_empty()) else {
+            return Err(ErrorData::invalid_params("investigate needs a cluster_id", None));
+        };
+        let window = args.get("time_window").and_then(Value::as_str).unwrap_or("24h");
+        let text = format!(
+            "Investigate the health of cluster {cluster} over the last {window}.\n\
+             1. Call fleet.cluster.summary with {{\"cluster_id\": \"{cluster}\"}} for the per-node picture.\n\
+             2. Call fleet.cluster.find_stragglers with {{\"cluster_id\": \"{cluster}\", \"time_window\": \"{window}\"}}.\n\
+             3. Call fleet.cluster.anomaly_list with {{\"cluster_id\": \"{cluster}\", \"time_window\": \"{window}\", \
+                \"severity_filter\": \"error\"}} to see when it went wrong.\n\
+             4. For each straggler, check fleet.cluster.find_outlier_nodes on nccl.collective.duration_ms and \
+                fleet.cluster.memfrag_hotspots for memory fragmentation.\n\
+             Report the affected nodes, since when, the likely cause, and what to do next. Quote the numbers \
+             the tools returned; do not invent any."
+        );
+        Ok(GetPromptResult::new(vec![PromptMessage::new_text(Role::User, text)])
+            .with_description(format!("Investigate cluster {cluster}"))
+            .into())
+    }
+}

@@ -1,0 +1,115 @@
+//! MCP with a real MCP client (rmcp's streamable HTTP client) against the real binary:
+//! initialize, tools/list with both schemas, tools/call with structured content, prompts, and
+//! the bearer required as for REST.
+
+use std::process::Command;
+
+use rmcp_client::ServiceExt as _;
+use rmcp_client::model::{CallToolRequestParams, GetPromptRequestParams, JsonObject};
+use rmcp_client::transport::StreamableHttpClientTransport;
+use rmcp_client::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use serde_json::{Value, json};
+
+use crate::binary::{Server, TOKEN};
+use crate::common::{TempDir, component, sluice_bin};
+
+fn object(v: Value) -> JsonObject {
+    match v {
+        Value::Object(m) => m,
+        _ => unreachable!(),
+    }
+}
+
+async fn connect(url: &str, token: Option<&str>) -> Result<rmcp_client::service::RunningService<rmcp_client::RoleClient, ()>, String> {
+    let mut config = StreamableHttpClientTransportConfig::with_uri(url);
+    if let Some(t) = token {
+        config = config.auth_header(t);
+    }
+    ().serve(StreamableHttpClientTransport::from_config(config)).await.map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_mcp_client_initializes_lists_and_calls_tools_with_the_bearer() {
+    let dir = TempDir::new("mcp");
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    for c in ["fleet-cluster-summary", "fleet-cluster-find-stragglers"] {
+        std::fs::copy(component(c), plugins.join(format!("{c}.wasm"))).unwrap();
+    }
+    std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+    let seed = Command::new(sluice_bin())
+        .current_dir(dir.path())
+        .args(["demo", "seed", "--db", "fleet.duckdb", "--clusters", "2", "--nodes", "4", "--hours", "3"])
+        .output()
+        .unwrap();
+    assert!(seed.status.success(), "{}", String::from_utf8_lossy(&seed.stderr));
+    let server = Server::start(&dir, &[]);
+
+    for path in ["/mcp", "/"] {
+        let url = format!("{}{path}", server.api);
+        let client = connect(&url, Some(TOKEN)).await.unwrap_or_else(|e| panic!("{url}: {e}"));
+        let info = client.peer_info().expect("the server introduced itself");
+        assert_eq!(info.server_info.as_ref().map(|s| s.name.as_str()), Some("sluice"));
+        assert!(info.capabilities.tools.is_some() && info.capabilities.prompts.is_some());
+
+        let tools = client.list_all_tools().await.unwrap();
+        let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+        assert_eq!(names, ["fleet.cluster.find_stragglers", "fleet.cluster.summary"]);
+        for t in &tools {
+            assert_eq!(t.input_schema["type"], "object", "{}", t.name);
+            assert_eq!(t.output_schema.as_ref().expect("outputSchema")["type"], "object", "{}", t.name);
+        }
+
+        let r = client
+            .call_tool(CallToolRequestParams::new("fleet.cluster.summary").with_arguments(object(json!({"cluster_id": "cluster-b"}))))
+            .await
+            .unwrap();
+        assert_eq!(r.is_error, Some(false));
+        let structured = r.structured_content.expect("structuredContent");
+        let rows = structured["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 4);
+        assert!(rows.iter().all(|row| row["cluster_id"] == "cluster-b"));
+        // The text content is the same JSON.
+        let text = r.content[0].as_text().expect("text content").text.clone();
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), structured);
+
+        // A tool error is the tool's result, with the REST error body as text.
+        let bad = client
+            .call_tool(CallToolRequestParams::new("fleet.cluster.summary").with_arguments(object(json!({"cluster_id": 7}))))
+            .await
+            .unwrap();
+        assert_eq!(bad.is_error, Some(true));
+        let body: Value = serde_json::from_str(&bad.content[0].as_text().unwrap().text).unwrap();
+        assert_eq!(body["code"], "invalid_args");
+        // An unknown tool is a protocol error.
+        let unknown = client.call_tool(CallToolRequestParams::new("no.such_tool")).await;
+        assert!(unknown.is_err(), "{unknown:?}");
+
+        let prompts = client.list_prompts(None).await.unwrap();
+        assert_eq!(prompts.prompts.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["investigate"]);
+        let p = client
+            .get_prompt(GetPromptRequestParams::new("investigate").with_arguments(object(json!({"cluster_id": "cluster-a"}))))
+            .await
+            .unwrap();
+        let text = serde_json::to_string(&p.messages).unwrap();
+        assert!(text.contains("cluster-a") && text.contains("fleet.cluster.find_stragglers"), "{text}");
+        client.cancel().await.unwrap();
+    }
+
+    // Without a bearer, or with a wrong one, the client cannot even initialize.
+    for token in [None, Some("not-the-token")] {
+        let Err(err) = connect(&format!("{}/mcp", server.api), token).await else { panic!("connected without a valid bearer") };
+        assert!(err.contains("401") || err.to_lowercase().contains("auth"), "{err}");
+    }
+    // Each MCP call is audited like a REST call; the HTTP requests went through the front door.
+    let metrics = reqwest::Client::new()
+        .get(format!("{}/metrics", server.api))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("route=\"/mcp\""), "{metrics}");
+}
