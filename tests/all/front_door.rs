@@ -304,7 +304,27 @@ async fn the_openapi_document_describes_every_route_and_every_error_code() {
     let doc = &r.body;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
     assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
-    let paths: BTreeSet<&str> = doc["paths"].as_object().unwrap().keys().map(String::as_str).collect();
+    let paths: BTreeSet<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .filter(|p| !p.starts_with("/api/v2/tools/fleet."))
+        .collect();
+    // Each loaded tool has a path of its own with its input and output schemas.
+    let summary = &doc["paths"]["/api/v2/tools/fleet.cluster.summary"]["post"];
+    let list = gw.request("GET", "/api/v2/tools/list", None).await;
+    let tool = list.body["tools"].as_array().unwrap().iter().find(|t| t["name"] == "fleet.cluster.summary").unwrap().clone();
+    let body_schema = &summary["requestBody"]["content"]["application/json"]["schema"];
+    assert_eq!(body_schema["properties"]["args"], tool["input_schema"]);
+    let answer = &summary["responses"]["200"]["content"]["application/json"]["schema"];
+    assert_eq!(answer["properties"]["result"], tool["output_schema"]);
+    assert!(summary["responses"].get("403").is_some());
+    assert!(doc["paths"].get("/api/v2/tools/fleet.cluster.run_analysis").is_some());
+    // A tenant-scoped bearer's document lists only the tools it may call.
+    let scoped = gw.request_with(Some(&format!("Bearer {TENANT_TOKEN}")), "GET", "/api/v2/openapi.json", None).await;
+    assert!(scoped.body["paths"].get("/api/v2/tools/fleet.cluster.summary").is_some());
+    assert!(scoped.body["paths"].get("/api/v2/tools/fleet.cluster.run_analysis").is_none());
     let expected = BTreeSet::from([
         "/api/versions",
         "/api/v1/{rest}",

@@ -96,6 +96,20 @@ async fn a_real_mcp_client_initializes_lists_and_calls_tools_with_the_bearer() {
         client.cancel().await.unwrap();
     }
 
+    // The tool list follows hot reloads: a component added and loaded shows up in a new session.
+    std::fs::copy(component("fleet-cluster-anomaly-list"), plugins.join("fleet-cluster-anomaly-list.wasm")).unwrap();
+    let reload = reqwest::Client::new()
+        .post(format!("{}/api/v2/admin/plugins/reload", server.api))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reload.status(), 200);
+    let client = connect(&format!("{}/mcp", server.api), Some(TOKEN)).await.unwrap();
+    let names: Vec<String> = client.list_all_tools().await.unwrap().iter().map(|t| t.name.to_string()).collect();
+    assert_eq!(names, ["fleet.cluster.anomaly_list", "fleet.cluster.find_stragglers", "fleet.cluster.summary"]);
+    client.cancel().await.unwrap();
+
     // Without a bearer, or with a wrong one, the client cannot even initialize.
     for token in [None, Some("not-the-token")] {
         let Err(err) = connect(&format!("{}/mcp", server.api), token).await else { panic!("connected without a valid bearer") };

@@ -205,14 +205,19 @@ async fn gone() -> ApiError {
     ApiError::Gone
 }
 
-/// This document.
+/// This document, with a path of its own for every tool the caller may call (its input and
+/// output schemas), read from the registry on each request so it follows hot reloads.
 #[utoipa::path(get, path = "/api/v2/openapi.json", responses(
         (status = 200, description = "OpenAPI 3.1", body = Object),
         openapi::FrontDoorErrors,
 ))]
-async fn openapi_json() -> impl IntoResponse {
+async fn openapi_json(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> impl IntoResponse {
     static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
-    axum::Json(DOC.get_or_init(openapi::document).clone())
+    let mut doc = DOC.get_or_init(openapi::document).clone();
+    let registry = state.runtime.registry();
+    let scoped = caller.identity.is_scoped();
+    openapi::add_tools(&mut doc, registry.tools().filter(|t| !scoped || t.allow_tenant_scoped).map(|t| &**t));
+    axum::Json(doc)
 }
 
 async fn not_found() -> ApiError {

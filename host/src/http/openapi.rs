@@ -193,6 +193,39 @@ impl Modify for BearerAuth {
 pub struct ApiDoc;
 
 /// The document as JSON.
+/// Adds `POST /api/v2/tools/<name>` for each tool: the request body `{"args": <input schema>}`,
+/// the answer `{"result": <output schema>}`, the same errors as the generic route.
+pub fn add_tools<'a>(doc: &mut Value, tools: impl Iterator<Item = &'a crate::runtime::LoadedTool>) {
+    let generic = doc["paths"]["/api/v2/tools/{name}"]["post"].clone();
+    let Some(paths) = doc["paths"].as_object_mut() else { return };
+    for t in tools {
+        let mut op = generic.clone();
+        op["summary"] = Value::from(t.name.clone());
+        op["description"] = Value::from(t.description.clone());
+        op["operationId"] = Value::from(format!("tool.{}", t.name));
+        if let Some(o) = op.as_object_mut() {
+            o.remove("parameters");
+        }
+        op["requestBody"] = serde_json::json!({
+            "required": true,
+            "content": {"application/json": {"schema": {
+                "type": "object",
+                "properties": {"args": t.input_schema},
+                "additionalProperties": false
+            }}}
+        });
+        op["responses"]["200"] = serde_json::json!({
+            "description": format!("The answer of {} {}", t.name, t.version),
+            "content": {"application/json": {"schema": {
+                "type": "object",
+                "required": ["result"],
+                "properties": {"result": t.output_schema}
+            }}}
+        });
+        paths.insert(format!("/api/v2/tools/{}", t.name), serde_json::json!({ "post": op }));
+    }
+}
+
 pub fn document() -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serialises");
     doc["info"]["version"] = Value::from(env!("CARGO_PKG_VERSION"));
