@@ -127,3 +127,67 @@ async fn a_real_mcp_client_initializes_lists_and_calls_tools_with_the_bearer() {
         .unwrap();
     assert!(metrics.contains("route=\"/mcp\""), "{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mcp_has_sessions_and_event_streams_at_mcp_and_plain_json_at_the_root() {
+    let dir = TempDir::new("mcp-raw");
+    std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+    std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+    let server = Server::start(&dir, &[]);
+    let http = reqwest::Client::new();
+    let init = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}
+    });
+    let post = |path: &str, session: Option<&str>, body: &Value| {
+        let mut r = http
+            .post(format!("{}{path}", server.api))
+            .bearer_auth(TOKEN)
+            .header("accept", "application/json, text/event-stream")
+            .json(body);
+        if let Some(s) = session {
+            r = r.header("mcp-session-id", s);
+        }
+        r.send()
+    };
+
+    // /mcp: a session, answers as an event stream.
+    let resp = post("/mcp", None, &init).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let session = resp.headers().get("mcp-session-id").expect("mcp-session-id").to_str().unwrap().to_owned();
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let events = resp.text().await.unwrap();
+    let answer: Value = events
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str(d.trim()).ok())
+        .find(|v: &Value| v["id"] == 1)
+        .unwrap_or_else(|| panic!("no answer in the stream: {events}"));
+    assert_eq!(answer["result"]["serverInfo"]["name"], "sluice", "{answer}");
+    let r = post("/mcp", Some(&session), &json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let stream = http
+        .get(format!("{}/mcp", server.api))
+        .bearer_auth(TOKEN)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    assert!(stream.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    drop(stream);
+
+    // /: no session, a plain JSON answer.
+    let resp = post("/", None, &init).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("mcp-session-id").is_none());
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(answer["result"]["serverInfo"]["name"], "sluice", "{answer}");
+
+    // Without the bearer, the front door answers before MCP does.
+    let r = http.post(format!("{}/mcp", server.api)).json(&init).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "missing_bearer");
+}

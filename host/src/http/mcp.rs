@@ -16,6 +16,7 @@ use rmcp::model::{
 };
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{RoleServer, ServerHandler};
 use serde_json::Value;
@@ -41,17 +42,25 @@ fn mcp_doc() {}
 #[allow(dead_code)]
 fn mcp_root_doc() {}
 
-/// The MCP service, for `Router::route_service`.
-pub type McpService = StreamableHttpService<Mcp, LocalSessionManager>;
-
-/// Builds the MCP service: sessions (`mcp-session-id`), JSON answers where a call needs no
-/// stream and SSE otherwise. Host-header checks are off: every request carries a bearer, which
-/// a DNS-rebinding page cannot supply.
-pub fn service(state: AppState) -> McpService {
-    let mut config = StreamableHttpServerConfig::default().disable_allowed_hosts();
-    config.json_response = true;
-    config.cancellation_token = state.mcp_shutdown.child_token();
-    StreamableHttpService::new(move || Ok(Mcp { state: state.clone() }), Arc::new(LocalSessionManager::default()), config)
+/// Builds the MCP services. At `/mcp` (the first), `initialize` opens a session
+/// (`mcp-session-id`) and answers come as event streams (SSE), with a server-to-client stream
+/// on `GET`; at `/` (the second), every request stands alone and simple answers come as plain
+/// JSON. Both are streamable HTTP, and MCP clients handle both. Host-header checks are off:
+/// every request carries a bearer, which a DNS-rebinding page cannot supply.
+pub fn services(
+    state: &AppState,
+) -> (StreamableHttpService<Mcp, LocalSessionManager>, StreamableHttpService<Mcp, NeverSessionManager>) {
+    let config = |sessions: bool| {
+        let mut c = StreamableHttpServerConfig::default().disable_allowed_hosts().with_legacy_session_mode(sessions);
+        c.json_response = true;
+        c.cancellation_token = state.mcp_shutdown.child_token();
+        c
+    };
+    let factory = |state: AppState| move || Ok(Mcp { state: state.clone() });
+    (
+        StreamableHttpService::new(factory(state.clone()), Arc::new(LocalSessionManager::default()), config(true)),
+        StreamableHttpService::new(factory(state.clone()), Arc::new(NeverSessionManager::default()), config(false)),
+    )
 }
 
 /// The MCP server of one session.

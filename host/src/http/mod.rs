@@ -116,8 +116,8 @@ pub fn api_service(state: AppState, max_body: usize) -> FrontDoor {
         };
         router = router.route(path, handler);
     }
-    let mcp = mcp::service(state.clone());
-    let router = router.route_service("/", mcp.clone()).route_service("/mcp", mcp);
+    let (mcp_sessions, mcp_stateless) = mcp::services(&state);
+    let router = router.route_service("/mcp", mcp_sessions).route_service("/", mcp_stateless);
     let router = router
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
