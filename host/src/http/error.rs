@@ -128,6 +128,21 @@ impl ApiError {
     }
 }
 
+/// A request body, or the error it comes to: 413 `payload_too_large` (`limit` bytes) when over
+/// the route's limit, else 400 `invalid_request`.
+pub fn read_body(
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    limit: usize,
+) -> Result<axum::body::Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(limit)
+        } else {
+            ApiError::InvalidRequest(format!("could not read the request body: {e}"))
+        }
+    })
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         // The full text of a backend failure is written to the audit log by the handler that

@@ -6,7 +6,7 @@ use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, AppState, Caller, openapi};
@@ -31,13 +31,7 @@ pub async fn ingest(
 ) -> Result<Response, ApiError> {
     let header = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
     let encoding = ingest::encoding_of(header(header::CONTENT_TYPE)).map_err(|e| ApiError::UnsupportedMediaType(e.to_string()))?;
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge(state.ingest.max_body.0)
-        } else {
-            ApiError::InvalidRequest(format!("could not read the request body: {e}"))
-        }
-    })?;
+    let body = super::error::read_body(body, state.ingest.max_body.0)?;
     let req = ingest::decode(&body, encoding, header(header::CONTENT_ENCODING), state.ingest.max_uncompressed.0)
         .map_err(|e| match e {
             DecodeError::ContentType(_) | DecodeError::ContentEncoding(_) => ApiError::UnsupportedMediaType(e.to_string()),

@@ -9,7 +9,6 @@ use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -65,13 +64,7 @@ async fn run(
     if caller.identity.is_scoped() {
         return Err(ApiError::TenantScopeRefused("tenant-scoped bearers have no SQL access; use the tools".into()));
     }
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge(state.max_body)
-        } else {
-            ApiError::InvalidRequest(format!("could not read the request body: {e}"))
-        }
-    })?;
+    let body = super::error::read_body(body, state.max_body)?;
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Body {

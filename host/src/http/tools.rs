@@ -4,7 +4,7 @@ use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use serde_json::value::RawValue;
@@ -163,13 +163,7 @@ async fn dispatch(
     cluster_id: &mut Option<String>,
 ) -> Result<Response, ApiError> {
     let tool = find_tool(state, name)?;
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge(state.max_body)
-        } else {
-            ApiError::InvalidRequest(format!("could not read the request body: {e}"))
-        }
-    })?;
+    let body = super::error::read_body(body, state.max_body)?;
     let args = parse_args(&body)?;
     let Answer { result, tool } = run_found(state, caller, tool, args, cluster_id).await?;
     let mut body = String::with_capacity(result.get().len() + 12);

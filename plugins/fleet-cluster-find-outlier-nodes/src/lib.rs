@@ -12,18 +12,12 @@ struct Tool;
 
 impl Guest for Tool {
     fn describe() -> ToolInfo {
-        let args = json!({
-            "type": "object",
-            "properties": {
-                "cluster_id": fleet::cluster_schema(),
-                "time_window": fleet::window_schema(),
-                "metric": {"type": "string", "pattern": "^[A-Za-z0-9_.]{1,128}$", "default": DEFAULT_METRIC,
-                           "description": "Metric name, e.g. nccl.collective.duration_ms, ingero.node.health_score."},
-                "z": {"type": "number", "exclusiveMinimum": 0, "maximum": 100, "default": DEFAULT_Z,
-                      "description": "Robust z-score beyond which a node is an outlier."}
-            },
-            "additionalProperties": false
-        });
+        let args = fleet::args_schema(json!({
+            "metric": {"type": "string", "pattern": "^[A-Za-z0-9_.]{1,128}$", "default": DEFAULT_METRIC,
+                       "description": "Metric name, e.g. nccl.collective.duration_ms, ingero.node.health_score."},
+            "z": {"type": "number", "exclusiveMinimum": 0, "maximum": 100, "default": DEFAULT_Z,
+                  "description": "Robust z-score beyond which a node is an outlier."}
+        }));
         let num = json!({"type": ["number", "null"]});
         let row = json!({
             "type": "object",

@@ -11,16 +11,10 @@ struct Tool;
 
 impl Guest for Tool {
     fn describe() -> ToolInfo {
-        let args = json!({
-            "type": "object",
-            "properties": {
-                "cluster_id": fleet::cluster_schema(),
-                "time_window": fleet::window_schema(),
-                "k": {"type": "number", "minimum": 0, "maximum": 100, "default": DEFAULT_K,
-                      "description": "How many MADs below the cluster median a node must be."}
-            },
-            "additionalProperties": false
-        });
+        let args = fleet::args_schema(json!({
+            "k": {"type": "number", "minimum": 0, "maximum": 100, "default": DEFAULT_K,
+                  "description": "How many MADs below the cluster median a node must be."}
+        }));
         let num = json!({"type": "number"});
         let row = json!({
             "type": "object",

@@ -10,11 +10,7 @@ struct Tool;
 
 impl Guest for Tool {
     fn describe() -> ToolInfo {
-        let args = json!({
-            "type": "object",
-            "properties": {"cluster_id": fleet::cluster_schema(), "time_window": fleet::window_schema()},
-            "additionalProperties": false
-        });
+        let args = fleet::args_schema(json!({}));
         let num = json!({"type": ["number", "null"]});
         let row = json!({
             "type": "object",

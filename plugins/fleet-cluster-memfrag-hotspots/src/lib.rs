@@ -10,15 +10,9 @@ struct Tool;
 
 impl Guest for Tool {
     fn describe() -> ToolInfo {
-        let args = json!({
-            "type": "object",
-            "properties": {
-                "cluster_id": fleet::cluster_schema(),
-                "time_window": fleet::window_schema(),
-                "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": DEFAULT_LIMIT}
-            },
-            "additionalProperties": false
-        });
+        let args = fleet::args_schema(json!({
+            "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": DEFAULT_LIMIT}
+        }));
         let row = json!({
             "type": "object",
             "properties": {

@@ -22,6 +22,15 @@ pub fn window_schema() -> Json {
            "description": "How far back from the newest event, e.g. `24h`, `7d`, `1d12h`, `90m`, `30s`; all data when absent."})
 }
 
+/// The input schema of a fleet tool: `cluster_id` and `time_window`, plus `extra` properties.
+pub fn args_schema(extra: Json) -> Json {
+    let mut properties = json!({"cluster_id": cluster_schema(), "time_window": window_schema()});
+    if let (Some(p), Json::Object(e)) = (properties.as_object_mut(), extra) {
+        p.extend(e);
+    }
+    json!({"type": "object", "properties": properties, "additionalProperties": false})
+}
+
 /// `1d12h` → microseconds. Units: `d`, `h`, `m`, `s`; each needs a number before it.
 pub fn window_micros(s: &str) -> Result<i64, ToolError> {
     let bad = || ToolError::InvalidArgs(format!("time_window {s:?} is not like 24h, 7d, 1d12h, 90m or 30s"));
