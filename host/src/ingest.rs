@@ -276,3 +276,110 @@ pub fn response(rejected: i64, reason: Option<String>, encoding: Encoding) -> Ve
         Encoding::Json => serde_json::to_vec(&resp).expect("the response serialises"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::metrics::v1::{
+        ExponentialHistogram, ExponentialHistogramDataPoint, Histogram, HistogramDataPoint, Metric, ResourceMetrics,
+        ScopeMetrics, Sum, Summary, SummaryDataPoint,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+
+    fn kv(k: &str, v: any_value::Value) -> KeyValue {
+        KeyValue { key: k.into(), value: Some(AnyValue { value: Some(v) }), ..Default::default() }
+    }
+
+    fn request(cluster: Option<&str>, metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
+        let mut attributes = vec![kv(NODE_ATTR, any_value::Value::StringValue("n1".into()))];
+        if let Some(c) = cluster {
+            attributes.push(kv(CLUSTER_ATTR, any_value::Value::StringValue(c.into())));
+        }
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(Resource { attributes, ..Default::default() }),
+                scope_metrics: vec![ScopeMetrics { metrics, ..Default::default() }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn metric(name: &str, data: metric::Data) -> Metric {
+        Metric { name: name.into(), data: Some(data), ..Default::default() }
+    }
+
+    #[test]
+    fn sums_histograms_and_attributes_become_rows_and_unstored_kinds_are_counted() {
+        let sum = Sum {
+            data_points: vec![opentelemetry_proto::tonic::metrics::v1::NumberDataPoint {
+                time_unix_nano: 1_500_000_000_123,
+                value: Some(number_data_point::Value::AsInt(7)),
+                attributes: vec![
+                    kv("s", any_value::Value::StringValue("x\"y".into())),
+                    kv("i", any_value::Value::IntValue(-3)),
+                    kv("b", any_value::Value::BoolValue(true)),
+                    kv("d", any_value::Value::DoubleValue(0.5)),
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let hist = Histogram {
+            data_points: vec![HistogramDataPoint {
+                time_unix_nano: 2_000_000_000,
+                count: 3,
+                sum: Some(9.0),
+                bucket_counts: vec![1, 2],
+                explicit_bounds: vec![5.0],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let exp = ExponentialHistogram { data_points: vec![ExponentialHistogramDataPoint::default(); 2], ..Default::default() };
+        let summary = Summary { data_points: vec![SummaryDataPoint::default()], ..Default::default() };
+        let req = request(
+            Some("c1"),
+            vec![
+                metric("launches", metric::Data::Sum(sum)),
+                metric("latency", metric::Data::Histogram(hist)),
+                metric("exp", metric::Data::ExponentialHistogram(exp)),
+                metric("sum", metric::Data::Summary(summary)),
+            ],
+        );
+        let out = convert(&req, &[]);
+        assert_eq!(out.rows.len(), 2);
+        assert_eq!(out.rejected, 3);
+        assert!(out.reason.unwrap().contains("exponential histograms"));
+        let r = &out.rows[0];
+        assert_eq!((r.ts, &*r.cluster_id, &*r.node_id, &*r.metric_name, r.value), (1_500_000_000, "c1", "n1", "launches", Some(7.0)));
+        let attrs: Json = serde_json::from_str(&r.attributes).unwrap();
+        assert_eq!(attrs, serde_json::json!({"s": "x\"y", "i": -3, "b": true, "d": 0.5}));
+        let h = &out.rows[1];
+        assert_eq!(h.value, Some(9.0));
+        let attrs: Json = serde_json::from_str(&h.attributes).unwrap();
+        assert_eq!(attrs["count"], 3);
+        assert_eq!(attrs["bucket_counts"], serde_json::json!([1, 2]));
+
+        // No cluster: every point of the resource is rejected; a scoped writer, likewise for others.
+        let none = convert(&request(None, vec![metric("latency", metric::Data::Histogram(Histogram {
+            data_points: vec![HistogramDataPoint::default(); 4],
+            ..Default::default()
+        }))]), &[]);
+        assert_eq!((none.rows.len(), none.rejected), (0, 4));
+        let foreign = convert(&req, &["c2".to_owned()]);
+        assert_eq!((foreign.rows.len(), foreign.rejected), (0, 5));
+    }
+
+    #[test]
+    fn decoding_refuses_unknown_types_encodings_and_bombs() {
+        assert!(matches!(encoding_of(Some("text/plain")), Err(DecodeError::ContentType(_))));
+        assert_eq!(encoding_of(Some("application/json; charset=utf-8")).unwrap(), Encoding::Json);
+        let body = request(Some("c"), vec![]).encode_to_vec();
+        assert!(matches!(decode(&body, Encoding::Protobuf, Some("br"), 1 << 20), Err(DecodeError::ContentEncoding(_))));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut gz, &vec![0u8; 10_000]).unwrap();
+        let gz = gz.finish().unwrap();
+        assert!(matches!(decode(&gz, Encoding::Protobuf, Some("gzip"), 1000), Err(DecodeError::TooLarge(1000))));
+        assert_eq!(decode(&body, Encoding::Protobuf, None, 1 << 20).unwrap(), request(Some("c"), vec![]));
+    }
+}
