@@ -336,7 +336,7 @@ mod tests {
             ..Default::default()
         };
         let exp = ExponentialHistogram { data_points: vec![ExponentialHistogramDataPoint::default(); 2], ..Default::default() };
-        let summary = Summary { data_points: vec![SummaryDataPoint::default()], ..Default::default() };
+        let summary = Summary { data_points: vec![SummaryDataPoint::default()] };
         let req = request(
             Some("c1"),
             vec![
