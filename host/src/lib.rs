@@ -16,6 +16,7 @@ pub mod db;
 pub mod demo;
 pub mod dev;
 pub mod drain;
+pub mod export;
 pub mod http;
 pub mod ingest;
 pub mod metrics;

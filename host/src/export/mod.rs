@@ -1,0 +1,11 @@
+//! Exports: query results delivered to sinks. This module holds the engine's pure core, the
+//! parts every sink shares whatever its backend (`../shared/reference/sink-semantics.md`):
+//!
+//! - [`envelope`]: the export envelope, canonical item order and checksum, and the size policy
+//!   (parts under the cap, spill, or a terminal error; never a silent drop);
+//! - [`policy`]: debounce, retry backoff with jitter, and the per-sink circuit breaker.
+//!
+//! The scheduler, the sink world and the backends build on these (issue 5).
+
+pub mod envelope;
+pub mod policy;
