@@ -18,7 +18,9 @@ use duckdb::arrow::datatypes::DataType;
 use duckdb::types::{TimeUnit, Value as DuckValue, ValueRef};
 use duckdb::{Config, Connection, InterruptHandle};
 
-/// The schema of the one table the gateway owns. Data arrives as metrics: one row per point.
+/// The schema of the tables the gateway owns: `events` (data arrives as metrics, one row per
+/// point) and `sluice_export_state` (what each export last delivered to each sink, so a restart
+/// resumes; see [`crate::export::state`]).
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
     ts           TIMESTAMP NOT NULL,
@@ -29,6 +31,17 @@ CREATE TABLE IF NOT EXISTS events (
     host_attr    VARCHAR,
     event_type   VARCHAR,
     attributes   VARCHAR
+);
+CREATE TABLE IF NOT EXISTS sluice_export_state (
+    export           VARCHAR NOT NULL,
+    sink             VARCHAR NOT NULL,
+    generation       UBIGINT NOT NULL,
+    checksum         VARCHAR,
+    last_success     TIMESTAMP,
+    last_error_class VARCHAR,
+    last_error       VARCHAR,
+    pending          BOOLEAN NOT NULL,
+    PRIMARY KEY (export, sink)
 );";
 
 /// Settings for the database, from the `[database]` config section.
