@@ -3,6 +3,7 @@
 //! the bearer required as for REST.
 
 use std::process::Command;
+use std::sync::Arc;
 
 use rmcp_client::ServiceExt as _;
 use rmcp_client::model::{CallToolRequestParams, GetPromptRequestParams, JsonObject};
@@ -12,6 +13,16 @@ use serde_json::{Value, json};
 
 use crate::binary::{Server, TOKEN};
 use crate::common::{TempDir, component, sluice_bin};
+
+/// A client that hears `notifications/tools/list_changed`.
+#[derive(Clone)]
+struct ListWatcher(Arc<tokio::sync::Notify>);
+
+impl rmcp_client::ClientHandler for ListWatcher {
+    async fn on_tool_list_changed(&self, _ctx: rmcp_client::service::NotificationContext<rmcp_client::RoleClient>) {
+        self.0.notify_one();
+    }
+}
 
 fn object(v: Value) -> JsonObject {
     match v {
@@ -96,7 +107,12 @@ async fn a_real_mcp_client_initializes_lists_and_calls_tools_with_the_bearer() {
         client.cancel().await.unwrap();
     }
 
-    // The tool list follows hot reloads: a component added and loaded shows up in a new session.
+    // The tool list follows hot reloads: an open session is told, and lists the new tool.
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let mut config = StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", server.api));
+    config = config.auth_header(TOKEN);
+    let client = ListWatcher(changed.clone()).serve(StreamableHttpClientTransport::from_config(config)).await.unwrap();
+    assert_eq!(client.list_all_tools().await.unwrap().len(), 2);
     std::fs::copy(component("fleet-cluster-anomaly-list"), plugins.join("fleet-cluster-anomaly-list.wasm")).unwrap();
     let reload = reqwest::Client::new()
         .post(format!("{}/api/v2/admin/plugins/reload", server.api))
@@ -105,7 +121,9 @@ async fn a_real_mcp_client_initializes_lists_and_calls_tools_with_the_bearer() {
         .await
         .unwrap();
     assert_eq!(reload.status(), 200);
-    let client = connect(&format!("{}/mcp", server.api), Some(TOKEN)).await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), changed.notified())
+        .await
+        .expect("notifications/tools/list_changed within 10 s");
     let names: Vec<String> = client.list_all_tools().await.unwrap().iter().map(|t| t.name.to_string()).collect();
     assert_eq!(names, ["fleet.cluster.anomaly_list", "fleet.cluster.find_stragglers", "fleet.cluster.summary"]);
     client.cancel().await.unwrap();

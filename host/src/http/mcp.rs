@@ -14,7 +14,7 @@ use rmcp::model::{
     GetPromptResponse, GetPromptResult, Implementation, InitializeResult, JsonObject, ListPromptsResult,
     ListToolsResult, PaginatedRequestParams, Prompt, PromptArgument, PromptMessage, Role, ServerCapabilities, Tool,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{NotificationContext, Peer, RequestContext};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
@@ -56,17 +56,50 @@ pub fn services(
         c.cancellation_token = state.mcp_shutdown.child_token();
         c
     };
-    let factory = |state: AppState| move || Ok(Mcp { state: state.clone() });
+    let peers = Peers::default();
+    spawn_list_changed_notifier(state, peers.clone());
+    let factory = |state: AppState| {
+        let peers = peers.clone();
+        move || Ok(Mcp { state: state.clone(), peers: peers.clone() })
+    };
     (
         StreamableHttpService::new(factory(state.clone()), Arc::new(LocalSessionManager::default()), config(true)),
         StreamableHttpService::new(factory(state.clone()), Arc::new(NeverSessionManager::default()), config(false)),
     )
 }
 
+/// The sessions to tell when the tool list changes.
+type Peers = Arc<std::sync::Mutex<Vec<Peer<RoleServer>>>>;
+
+/// Sends `notifications/tools/list_changed` to every open session after each reload that
+/// changed the registry, until the end of a drain.
+fn spawn_list_changed_notifier(state: &AppState, peers: Peers) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+    let mut changes = state.runtime.subscribe();
+    let shutdown = state.mcp_shutdown.clone();
+    handle.spawn(async move {
+        loop {
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                () = shutdown.cancelled() => return,
+            }
+            let open: Vec<Peer<RoleServer>> = {
+                let mut peers = peers.lock().unwrap_or_else(|p| p.into_inner());
+                peers.retain(|p| !p.is_transport_closed());
+                peers.clone()
+            };
+            for peer in open {
+                let _ = peer.notify_tool_list_changed().await;
+            }
+        }
+    });
+}
+
 /// The MCP server of one session.
 #[derive(Clone)]
 pub struct Mcp {
     state: AppState,
+    peers: Peers,
 }
 
 /// The caller the front door authenticated, from the HTTP request rmcp hands over.
@@ -89,13 +122,17 @@ const INVESTIGATE: &str = "investigate";
 
 impl ServerHandler for Mcp {
     fn get_info(&self) -> InitializeResult {
-        InitializeResult::new(ServerCapabilities::builder().enable_tools().enable_prompts().build())
+        InitializeResult::new(ServerCapabilities::builder().enable_tools().enable_tool_list_changed().enable_prompts().build())
             .with_server_info(Implementation::new("sluice", env!("CARGO_PKG_VERSION")))
             .with_instructions(
                 "Sluice answers questions about a GPU fleet's telemetry stored in DuckDB. Call \
                  fleet.cluster.summary first, then find_stragglers, find_outlier_nodes, anomaly_list, \
                  memfrag_hotspots or kernel_launch_summary; the `investigate` prompt walks through it.",
             )
+    }
+
+    async fn on_initialized(&self, ctx: NotificationContext<RoleServer>) {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner()).push(ctx.peer);
     }
 
     async fn list_tools(

@@ -43,6 +43,8 @@ pub struct Runtime {
     db: Database,
     config: PluginsConfig,
     registry: ArcSwap<Registry>,
+    /// The registry's generation, for whoever wants to hear of changes (MCP sessions).
+    generation: tokio::sync::watch::Sender<u64>,
     reload_lock: Mutex<()>,
     last_reload: Mutex<ReloadReport>,
     permits: Arc<Semaphore>,
@@ -110,6 +112,7 @@ impl Runtime {
             db,
             config,
             registry: ArcSwap::from_pointee(Registry::default()),
+            generation: tokio::sync::watch::Sender::new(0),
             reload_lock: Mutex::new(()),
             last_reload: Mutex::new(ReloadReport::default()),
             permits,
@@ -122,6 +125,11 @@ impl Runtime {
     /// The current registry snapshot. Keep it for the whole request.
     pub fn registry(&self) -> Arc<Registry> {
         self.registry.load_full()
+    }
+
+    /// Changes whenever a reload changes the registry (the new generation).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     /// What the latest reload did.

@@ -256,6 +256,7 @@ impl Runtime {
         report.generation = generation;
         if changed {
             self.registry.store(Arc::new(Registry { generation, tools, files }));
+            self.generation.send_replace(generation);
             self.metrics_reloaded(&report);
             tracing::info!(generation, loaded = report.loaded.len(), failed = report.failed.len(), removed = report.removed.len(), elapsed_ms = started.elapsed().as_millis() as u64, "Plugin registry updated.");
         }
