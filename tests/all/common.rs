@@ -27,7 +27,7 @@ pub fn sluice_bin() -> PathBuf {
 
 /// A built component: `dist/plugins/<name>.wasm` or `dist/fixtures/<name>.wasm`.
 pub fn component(name: &str) -> PathBuf {
-    for dir in ["dist/plugins", "dist/fixtures"] {
+    for dir in ["dist/plugins", "dist/fixtures", "dist/sinks"] {
         let p = root().join(dir).join(format!("{name}.wasm"));
         if p.exists() {
             return p;

@@ -12,6 +12,7 @@ mod hot_swap;
 mod mcp;
 mod otlp;
 mod registry;
+mod sinks;
 mod sql;
 mod tenant;
 mod tools;

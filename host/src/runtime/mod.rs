@@ -3,6 +3,7 @@
 
 pub mod engine;
 pub mod registry;
+pub mod sinks;
 pub mod tools;
 
 use std::path::Path;
@@ -50,6 +51,8 @@ pub struct Runtime {
     permits: Arc<Semaphore>,
     metrics: Metrics,
     cancel: Arc<AtomicBool>,
+    /// Built on first use: a gateway without sinks never links `wasi:http`.
+    sink_linker: std::sync::OnceLock<Linker<sinks::SinkState>>,
 }
 
 /// Runs a future to completion from synchronous code (loading, the CLI, benchmarks): on the
@@ -118,6 +121,7 @@ impl Runtime {
             permits,
             metrics,
             cancel: Arc::new(AtomicBool::new(false)),
+            sink_linker: std::sync::OnceLock::new(),
         });
         Ok(rt)
     }

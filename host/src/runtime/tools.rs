@@ -12,7 +12,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::db::{self, Database, RowLimit};
 
-mod bindings {
+#[doc(hidden)]
+pub mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "tool",
@@ -180,22 +181,26 @@ impl ToolState {
 }
 
 impl log::Host for ToolState {
-    async fn log(&mut self, level: log::Level, mut message: String) {
-        if message.len() > MAX_LOG_MESSAGE {
-            let mut cut = MAX_LOG_MESSAGE;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
+    async fn log(&mut self, level: log::Level, message: String) {
+        plugin_log(&self.plugin, &self.request_id, level, message);
+    }
+}
+
+/// Writes a plugin's log message into the host's log (cut at [`MAX_LOG_MESSAGE`]).
+pub(crate) fn plugin_log(plugin: &str, req_id: &str, level: log::Level, mut message: String) {
+    if message.len() > MAX_LOG_MESSAGE {
+        let mut cut = MAX_LOG_MESSAGE;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
         }
-        let (plugin, req_id) = (&*self.plugin, &self.request_id);
-        match level {
-            log::Level::Trace => tracing::trace!(target: "sluice::plugin", plugin, req_id, "{message}"),
-            log::Level::Debug => tracing::debug!(target: "sluice::plugin", plugin, req_id, "{message}"),
-            log::Level::Info => tracing::info!(target: "sluice::plugin", plugin, req_id, "{message}"),
-            log::Level::Warn => tracing::warn!(target: "sluice::plugin", plugin, req_id, "{message}"),
-            log::Level::Error => tracing::error!(target: "sluice::plugin", plugin, req_id, "{message}"),
-        }
+        message.truncate(cut);
+    }
+    match level {
+        log::Level::Trace => tracing::trace!(target: "sluice::plugin", plugin, req_id, "{message}"),
+        log::Level::Debug => tracing::debug!(target: "sluice::plugin", plugin, req_id, "{message}"),
+        log::Level::Info => tracing::info!(target: "sluice::plugin", plugin, req_id, "{message}"),
+        log::Level::Warn => tracing::warn!(target: "sluice::plugin", plugin, req_id, "{message}"),
+        log::Level::Error => tracing::error!(target: "sluice::plugin", plugin, req_id, "{message}"),
     }
 }
 
