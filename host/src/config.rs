@@ -34,6 +34,77 @@ pub struct Config {
     pub audit: AuditConfig,
     /// OTLP metrics ingest.
     pub ingest: IngestConfig,
+    /// Sinks: where exports go (`[[sink]]`).
+    #[serde(rename = "sink")]
+    pub sinks: Vec<SinkConfigEntry>,
+    /// Exports: what goes there (`[[export]]`).
+    #[serde(rename = "export")]
+    pub exports: Vec<ExportConfigEntry>,
+}
+
+/// `[[sink]]`: one configured sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfigEntry {
+    /// The sink's name, used by exports and the API.
+    pub name: String,
+    /// The sink component (`.wasm`), e.g. `dist/sinks/http.wasm`.
+    pub component: PathBuf,
+    /// Settings handed to the component (`url`, `bucket`, ...). The hosts of URL-like values
+    /// (and `host:port` values) are what the sink may connect to.
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
+    /// Secrets handed to the component: `"env:NAME"` (an environment variable) or
+    /// `"file:/path"` (a file's content, trimmed). Never logged.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+    /// Allow loopback and private addresses (development, in-cluster services).
+    #[serde(default)]
+    pub allow_private: bool,
+    /// Longest one delivery or probe may take.
+    #[serde(default = "default_sink_timeout")]
+    pub timeout: HumanDuration,
+}
+
+fn default_sink_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+/// `[[export]]`: a read-only query delivered to sinks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportConfigEntry {
+    /// The export's name.
+    pub name: String,
+    /// One read-only SELECT; each row becomes an item.
+    pub sql: String,
+    /// How often it runs; without one it runs only on `POST /api/v2/exports/<name>/run`.
+    #[serde(default)]
+    pub cadence: Option<HumanDuration>,
+    /// The cluster the export is about (in the envelope and sink keys); `""` for all.
+    #[serde(default)]
+    pub cluster: String,
+    /// Largest payload; larger exports are split into parts (or spilled).
+    #[serde(default = "default_max_export_bytes")]
+    pub max_export_bytes: ByteSize,
+    /// The sinks it goes to.
+    #[serde(rename = "sink")]
+    pub sinks: Vec<ExportBinding>,
+}
+
+fn default_max_export_bytes() -> ByteSize {
+    ByteSize(crate::export::envelope::DEFAULT_MAX_EXPORT_BYTES)
+}
+
+/// `[[export.sink]]`: one sink of an export.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportBinding {
+    /// A `[[sink]]` name.
+    pub name: String,
+    /// Unchanged data is not sent again to this sink within this interval (debounce).
+    #[serde(default)]
+    pub min_interval: Option<HumanDuration>,
 }
 
 /// `[auth]`: exactly one of `bearer_acl_file` and `token_file`.
@@ -286,6 +357,25 @@ impl Config {
         anyhow::ensure!(self.rate_limit.burst >= 1, "rate_limit.burst must be at least 1");
         anyhow::ensure!(self.limits.max_in_flight_per_bearer >= 1, "limits.max_in_flight_per_bearer must be at least 1");
         anyhow::ensure!(self.limits.max_in_flight >= 1, "limits.max_in_flight must be at least 1");
+        let mut names = std::collections::BTreeSet::new();
+        for sink in &self.sinks {
+            anyhow::ensure!(names.insert(sink.name.as_str()), "two [[sink]] entries are named {:?}", sink.name);
+            for (key, source) in &sink.secrets {
+                anyhow::ensure!(
+                    source.starts_with("env:") || source.starts_with("file:"),
+                    "sink {:?}: secret {key:?} must be \"env:NAME\" or \"file:/path\"",
+                    sink.name
+                );
+            }
+        }
+        let mut exports = std::collections::BTreeSet::new();
+        for export in &self.exports {
+            anyhow::ensure!(exports.insert(export.name.as_str()), "two [[export]] entries are named {:?}", export.name);
+            for b in &export.sinks {
+                anyhow::ensure!(names.contains(b.name.as_str()), "export {:?} names sink {:?}, which no [[sink]] defines", export.name, b.name);
+            }
+            anyhow::ensure!(export.max_export_bytes.0 >= 4096, "export {:?}: max_export_bytes must be at least 4KiB", export.name);
+        }
         for (file, digest) in &self.plugins.pinned {
             anyhow::ensure!(
                 digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()),

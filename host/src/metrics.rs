@@ -69,6 +69,12 @@ pub struct Metrics {
     auth_failures: IntCounterVec,
     rate_limited: IntCounterVec,
     ingest_points: IntCounterVec,
+    sink_errors: IntCounterVec,
+    export_duration: HistogramVec,
+    export_bytes: IntCounterVec,
+    export_debounced: IntCounterVec,
+    export_spill_warn: IntCounterVec,
+    sink_connection_tests: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -133,7 +139,31 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
-        for c in [&http_requests, &plugin_calls, &plugin_reloads, &auth_failures, &rate_limited, &ingest_points] {
+        let counter = |name: &str, help: &str, labels: &[&str]| IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+        let sink_errors = counter(
+            "sluice_sink_errors_total",
+            "Sink failures by sink type and reason (transient, terminal, forbidden, payload_too_large, spill_required).",
+            &["sink_type", "reason"],
+        );
+        let export_duration = HistogramVec::new(
+            HistogramOpts::new("sluice_export_duration_seconds", "Time to deliver one export to one sink.")
+                .buckets(exponential_buckets(0.001, 4.0, 10).expect("valid buckets")),
+            &["sink_type"],
+        )
+        .expect("valid metric");
+        let export_bytes = counter("sluice_export_bytes_total", "Payload bytes delivered, by sink type.", &["sink_type"]);
+        let export_debounced = counter("sluice_export_debounced_total", "Deliveries skipped as unchanged, by export.", &["export"]);
+        let export_spill_warn = counter("sluice_export_spill_warn_total", "Exports of 1 MiB or more.", &[]);
+        let sink_connection_tests = counter(
+            "sluice_sink_connection_test_total",
+            "Sink connection tests by sink type and result (ok, failed).",
+            &["sink_type", "result"],
+        );
+        registry.register(Box::new(export_duration.clone())).expect("unique metric");
+        for c in [
+            &http_requests, &plugin_calls, &plugin_reloads, &auth_failures, &rate_limited, &ingest_points, &sink_errors,
+            &export_bytes, &export_debounced, &export_spill_warn, &sink_connection_tests,
+        ] {
             registry.register(Box::new(c.clone())).expect("unique metric");
         }
         for h in [&http_duration, &plugin_duration] {
@@ -149,7 +179,43 @@ impl Metrics {
             auth_failures,
             rate_limited,
             ingest_points,
+            sink_errors,
+            export_duration,
+            export_bytes,
+            export_debounced,
+            export_spill_warn,
+            sink_connection_tests,
         }
+    }
+
+    /// A sink failure; `sink_type` comes from loaded sink components, `reason` from a fixed set.
+    pub fn sink_error(&self, sink_type: &str, reason: &'static str) {
+        self.sink_errors.with_label_values(&[sink_type, reason]).inc();
+    }
+
+    /// One export delivered to one sink, in `elapsed`.
+    pub fn export_duration(&self, sink_type: &str, elapsed: Duration) {
+        self.export_duration.with_label_values(&[sink_type]).observe(elapsed.as_secs_f64());
+    }
+
+    /// Payload bytes delivered.
+    pub fn export_bytes(&self, sink_type: &str, n: usize) {
+        self.export_bytes.with_label_values(&[sink_type]).inc_by(n as u64);
+    }
+
+    /// A delivery skipped as unchanged; export names come from the operator's configuration.
+    pub fn export_debounced(&self, export: &str) {
+        self.export_debounced.with_label_values(&[export]).inc();
+    }
+
+    /// An export of 1 MiB or more.
+    pub fn export_spill_warn(&self) {
+        self.export_spill_warn.with_label_values::<&str>(&[]).inc();
+    }
+
+    /// A sink connection test.
+    pub fn sink_connection_test(&self, sink_type: &str, ok: bool) {
+        self.sink_connection_tests.with_label_values(&[sink_type, if ok { "ok" } else { "failed" }]).inc();
     }
 
     /// Records OTLP points; `result` is `accepted`, `rejected` or `failed`.

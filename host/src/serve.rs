@@ -59,6 +59,10 @@ impl Gateway {
             watchers.push(runtime.watch()?);
         }
         watchers.extend(auth.watch()?);
+        let exports = Arc::new(
+            crate::export::engine::ExportEngine::new(runtime.clone(), metrics.clone(), &config.sinks, &config.exports)
+                .context("loading sinks and exports")?,
+        );
         let limiter = Arc::new(Limiter::new(LimitSettings {
             requests_per_second: config.rate_limit.requests_per_second,
             burst: config.rate_limit.burst,
@@ -75,6 +79,7 @@ impl Gateway {
             max_body: config.server.max_body.0,
             ingest: config.ingest.clone(),
             mcp_shutdown: tokio_util::sync::CancellationToken::new(),
+            exports,
         });
         Ok(Self { state, watchers })
     }
@@ -147,6 +152,7 @@ pub async fn serve_gateway(config: &Config, gateway: Gateway, audit: AuditLog) -
     drop(registry);
 
     spawn_sighup_reload(gateway.runtime().clone());
+    spawn_export_schedule(&gateway);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let api = serve_on(api_listener, gateway.api(), tls.clone(), stop_rx.clone());
     let health = serve_on(health_listener, health_router(gateway.state.drain.clone()), tls, stop_rx);
@@ -177,6 +183,28 @@ pub async fn serve_gateway(config: &Config, gateway: Gateway, audit: AuditLog) -
     h.context("health listener")?;
     tracing::info!("Sluice stopped.");
     Ok(())
+}
+
+/// Runs each export with a cadence on its own task, one run at a time, until draining starts.
+fn spawn_export_schedule(gateway: &Gateway) {
+    for (name, every) in gateway.state.exports.scheduled() {
+        let (engine, drain) = (gateway.state.exports.clone(), gateway.state.drain.clone());
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                if drain.is_draining() {
+                    return;
+                }
+                match engine.run(&name).await {
+                    Some(Ok(status)) => tracing::info!(export = %name, condition = status.condition, generation = status.generation, "Export ran."),
+                    Some(Err(e)) => tracing::warn!(export = %name, error = %format!("{e:#}"), "Export failed."),
+                    None => return,
+                }
+            }
+        });
+    }
 }
 
 /// After cancelling at the deadline, how long the cancelled requests get to answer.

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod catalogue;
+mod exports;
 mod authoring;
 mod binary;
 mod common;

@@ -9,6 +9,7 @@
 //!
 //! The scheduler, the sink world and the backends build on these (issue 5).
 
+pub mod engine;
 pub mod envelope;
 pub mod policy;
 pub mod state;

@@ -31,6 +31,9 @@ pub enum ApiError {
     /// 404 `tool_not_found`.
     #[error("unknown tool {0:?}")]
     ToolNotFound(String),
+    /// 404 `not_found`: no export or sink of that name.
+    #[error("no {what} named {name:?}")]
+    UnknownName { what: &'static str, name: String },
     /// 404 `not_found`: no such route.
     #[error("no such endpoint")]
     NotFound,
@@ -72,7 +75,7 @@ impl ApiError {
             Self::RateLimited(_) | Self::InFlightCap { per_bearer: true } => StatusCode::TOO_MANY_REQUESTS,
             Self::ShuttingDown | Self::InFlightCap { per_bearer: false } => StatusCode::SERVICE_UNAVAILABLE,
             Self::TenantScopeRefused(_) => StatusCode::FORBIDDEN,
-            Self::ToolNotFound(_) | Self::NotFound => StatusCode::NOT_FOUND,
+            Self::ToolNotFound(_) | Self::NotFound | Self::UnknownName { .. } => StatusCode::NOT_FOUND,
             Self::Gone => StatusCode::GONE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -89,7 +92,7 @@ impl ApiError {
             Self::SqlNotReadOnly(_) => "sql_not_read_only",
             Self::TenantScopeRefused(_) => "tenant_scoped_bearer_refused",
             Self::ToolNotFound(_) => "tool_not_found",
-            Self::NotFound => "not_found",
+            Self::NotFound | Self::UnknownName { .. } => "not_found",
             Self::Gone => "gone",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
@@ -109,7 +112,7 @@ impl ApiError {
         let mut body = json!({ "error": self.to_string(), "code": self.code() });
         let extra = match self {
             Self::InvalidArgs { path, .. } => json!({ "path": path }),
-            Self::ToolNotFound(name) => json!({ "name": name }),
+            Self::ToolNotFound(name) | Self::UnknownName { name, .. } => json!({ "name": name }),
             Self::Gone => json!({
                 "removed_version": "v1",
                 "preferred": "v2",

@@ -5,6 +5,7 @@
 //! routes. `/api/versions` and `/api/v1/*` are public; everything else needs a bearer.
 
 pub mod error;
+mod exports;
 mod front_door;
 mod mcp;
 pub mod openapi;
@@ -67,6 +68,8 @@ pub struct AppInner {
     pub max_body: usize,
     /// OTLP ingest limits.
     pub ingest: crate::config::IngestConfig,
+    /// Exports and sinks.
+    pub exports: Arc<crate::export::engine::ExportEngine>,
     /// Cancelled at the end of a drain: closes MCP sessions and their event streams, which would
     /// otherwise keep connections (and the shutdown) open.
     pub mcp_shutdown: tokio_util::sync::CancellationToken,
@@ -87,6 +90,11 @@ const ROUTES: &[(&str, bool)] = &[
     ("/v1/metrics", false),
     ("/", false),
     ("/mcp", false),
+    ("/api/v2/exports", false),
+    ("/api/v2/exports/{name}", false),
+    ("/api/v2/exports/{name}/run", false),
+    ("/api/v2/sinks", false),
+    ("/api/v2/sinks/{name}/test", false),
     ("/api/v2/admin/plugins", false),
     ("/api/v2/admin/plugins/reload", false),
     ("/metrics", false),
@@ -108,6 +116,11 @@ pub fn api_service(state: AppState, max_body: usize) -> FrontDoor {
             "/v1/metrics" => {
                 post(otlp::ingest).layer(axum::extract::DefaultBodyLimit::max(state.ingest.max_body.0))
             }
+            "/api/v2/exports" => get(exports::list),
+            "/api/v2/exports/{name}" => get(exports::show),
+            "/api/v2/exports/{name}/run" => post(exports::run),
+            "/api/v2/sinks" => get(exports::sinks),
+            "/api/v2/sinks/{name}/test" => post(exports::test),
             "/api/v2/admin/plugins" => get(tools::plugins),
             "/api/v2/admin/plugins/reload" => post(tools::reload),
             "/metrics" => get(metrics),

@@ -228,7 +228,7 @@ fn map_call_error(e: CallError, loaded: &LoadedTool, req_id: &str) -> ApiError {
     }
 }
 
-fn require_admin(caller: &Caller) -> Result<(), ApiError> {
+pub(super) fn require_admin(caller: &Caller) -> Result<(), ApiError> {
     if caller.identity.is_scoped() {
         return Err(ApiError::TenantScopeRefused("admin endpoints need a bearer without a cluster scope".into()));
     }
