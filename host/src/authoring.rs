@@ -25,6 +25,69 @@ const TEMPLATE_TOOL_NAME: &str = "example.events_by_metric";
 const TEMPLATE_CRATE_NAME: &str = "sluice-tool-template";
 const TEMPLATE_PDK_PATH: &str = "../../plugins/pdk";
 
+/// The sink template's files, as shipped in `examples/sink-template` (whose `wit` links to the
+/// project's WIT; a new sink crate gets a copy of it).
+const SINK_CARGO_TOML: &str = include_str!("../../examples/sink-template/Cargo.toml");
+const SINK_LIB_RS: &str = include_str!("../../examples/sink-template/src/lib.rs");
+const SINK_README: &str = include_str!("../../examples/sink-template/README.md");
+const TEMPLATE_SINK_TYPE: &str = "example-hook";
+const TEMPLATE_SINK_CRATE: &str = "sluice-sink-template";
+/// The WIT package, for new sink crates.
+const WIT_FILES: [(&str, &str); 4] = [
+    ("log.wit", include_str!("../../wit/log.wit")),
+    ("query.wit", include_str!("../../wit/query.wit")),
+    ("sink.wit", include_str!("../../wit/sink.wit")),
+    ("tool.wit", include_str!("../../wit/tool.wit")),
+];
+
+/// Creates a sink crate for sink type `name` in `dir` (default: `./<name>`); returns the
+/// directory. The crate carries its own copy of the WIT package.
+pub fn new_sink(name: &str, dir: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if !crate::runtime::sinks::is_valid_sink_type(name) {
+        let mut suggestion: String = name
+            .to_ascii_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' { c } else { '-' })
+            .collect();
+        if !suggestion.starts_with(|c: char| c.is_ascii_lowercase()) {
+            suggestion.insert_str(0, "my-");
+        }
+        suggestion.truncate(64);
+        if !crate::runtime::sinks::is_valid_sink_type(&suggestion) {
+            suggestion = "acme-hook".into();
+        }
+        bail!(
+            "invalid sink type {name:?}: sink types match ^[a-z][a-z0-9_-]{{0,63}}$ (lowercase letters, digits, '-' \
+             and '_', starting with a letter), for example {suggestion:?}"
+        );
+    }
+    let dir = dir.map_or_else(|| PathBuf::from(name), Path::to_owned);
+    if dir.exists() && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        bail!("{} already exists and is not empty; choose another name or pass --dir", dir.display());
+    }
+    let cargo_toml = SINK_CARGO_TOML.replacen(
+        &format!("name = \"{TEMPLATE_SINK_CRATE}\""),
+        &format!("name = \"{}\"", name.replace('_', "-")),
+        1,
+    );
+    let lib_rs = SINK_LIB_RS.replace(TEMPLATE_SINK_TYPE, name);
+    let readme = SINK_README.replace(TEMPLATE_SINK_TYPE, name);
+    std::fs::create_dir_all(dir.join("src")).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(dir.join("wit"))?;
+    let mut files = vec![
+        ("Cargo.toml".to_owned(), cargo_toml.as_str()),
+        ("Cargo.lock".to_owned(), WORKSPACE_LOCK),
+        ("src/lib.rs".to_owned(), lib_rs.as_str()),
+        ("README.md".to_owned(), readme.as_str()),
+        (".gitignore".to_owned(), "/target\n"),
+    ];
+    files.extend(WIT_FILES.iter().map(|(f, text)| (format!("wit/{f}"), *text)));
+    for (file, text) in files {
+        std::fs::write(dir.join(&file), text).with_context(|| format!("writing {}", dir.join(&file).display()))?;
+    }
+    Ok(dir)
+}
+
 /// The WebAssembly target plugins are built for.
 pub const TARGET: &str = "wasm32-wasip2";
 
@@ -201,7 +264,9 @@ pub fn grant_of(import: &str) -> &'static str {
     match iface {
         "sluice:plugin/query" => "read-only DuckDB queries (row cap and timeout of the host)",
         "sluice:plugin/log" => "the host's log",
-        "sluice:plugin/tool-types" => "types only: nothing to grant",
+        "sluice:plugin/tool-types" | "sluice:plugin/sink-types" => "types only: nothing to grant",
+        i if i.starts_with("wasi:http/") => "sinks: requests to the hosts of the sink's settings; tools: denied",
+        i if i.starts_with("wasi:sockets/") => "sinks: connections to the addresses of the sink's settings; tools: denied",
         "wasi:cli/environment" => "granted, empty: no variables, no arguments",
         "wasi:cli/exit" => "granted: exiting ends the call with an error",
         "wasi:cli/stdin" | "wasi:cli/stdout" | "wasi:cli/stderr" => "granted: stdin is empty, output is discarded",
@@ -210,7 +275,6 @@ pub fn grant_of(import: &str) -> &'static str {
         i if i.starts_with("wasi:random/") => "granted: random bytes",
         i if i.starts_with("wasi:io/") => "granted: streams and polling",
         i if i.starts_with("wasi:filesystem/") => "linked, denied: no directory is opened to tools",
-        i if i.starts_with("wasi:sockets/") => "linked, denied: tools have no network",
         _ => "NOT PROVIDED: the component cannot be loaded",
     }
 }
@@ -221,7 +285,7 @@ pub struct Inspection {
     pub path: PathBuf,
     pub size: u64,
     pub digest: String,
-    /// `sluice:plugin/tool`, or `None` for a component of another world.
+    /// `sluice:plugin/tool` or `sluice:plugin/sink`, or `None` for a component of another world.
     pub world: Option<&'static str>,
     pub exports: Vec<String>,
     /// Each import with what it would be granted.
@@ -247,8 +311,33 @@ pub fn inspect(runtime: &Runtime, path: &Path) -> anyhow::Result<Inspection> {
     let ComponentShape { imports, exports } = runtime
         .component_shape(&bytes)
         .with_context(|| format!("{} is not a valid WebAssembly component", path.display()))?;
-    let is_tool = exports.iter().any(|e| e == "describe") && exports.iter().any(|e| e == "call");
-    let (describe, load_error) = if is_tool {
+    let has = |name: &str| exports.iter().any(|e| e == name);
+    let is_tool = has("describe") && has("call");
+    let is_sink = has("describe") && has("probe") && has("export");
+    let (describe, load_error) = if is_sink {
+        match runtime.load_sink(path) {
+            Ok(s) => {
+                let i = &s.info;
+                (
+                    Some(serde_json::json!({
+                        "type": i.sink_type,
+                        "version": i.version,
+                        "description": i.description,
+                        "family": format!("{:?}", i.family).to_lowercase(),
+                        "capabilities": {
+                            "stream": i.capabilities.stream,
+                            "supports_delete": i.capabilities.supports_delete,
+                            "object_store": i.capabilities.object_store,
+                            "accepts_parts": i.capabilities.accepts_parts,
+                        },
+                        "formats": i.formats,
+                    })),
+                    None,
+                )
+            }
+            Err(e) => (None, Some(format!("{e:#}"))),
+        }
+    } else if is_tool {
         match runtime.load_file(path) {
             Ok(t) => (
                 Some(serde_json::json!({
@@ -270,7 +359,13 @@ pub fn inspect(runtime: &Runtime, path: &Path) -> anyhow::Result<Inspection> {
         path: path.to_owned(),
         size: bytes.len() as u64,
         digest: hex::encode(Sha256::digest(&bytes)),
-        world: is_tool.then_some("sluice:plugin/tool"),
+        world: if is_sink {
+            Some("sluice:plugin/sink")
+        } else if is_tool {
+            Some("sluice:plugin/tool")
+        } else {
+            None
+        },
         exports,
         imports: imports.into_iter().map(|i| {
             let g = grant_of(&i);
@@ -287,14 +382,20 @@ impl std::fmt::Display for Inspection {
         writeln!(f, "size      {}", human_size(self.size))?;
         writeln!(f, "digest    sha256:{}", self.digest)?;
         match self.world {
+            Some(w) if w.ends_with("/sink") => writeln!(f, "world     {w} (exports describe, probe, export)")?,
             Some(w) => writeln!(f, "world     {w} (exports describe, call)")?,
             None => writeln!(
                 f,
-                "world     not a Sluice tool: it exports {}; a tool exports `describe` and `call` (world sluice:plugin/tool)",
+                "world     not a Sluice tool: it exports {}; a tool exports `describe` and `call` (world sluice:plugin/tool), \
+                 a sink `describe`, `probe` and `export` (world sluice:plugin/sink)",
                 if self.exports.is_empty() { "nothing".into() } else { self.exports.join(", ") }
             )?,
         }
-        if let Some(d) = &self.describe {
+        if let Some(d) = self.describe.as_ref().filter(|d| d.get("type").is_some()) {
+            writeln!(f, "sink      {} {}", d["type"].as_str().unwrap_or(""), d["version"].as_str().unwrap_or(""))?;
+            writeln!(f, "          {}", d["description"].as_str().unwrap_or(""))?;
+            writeln!(f, "          family {}, formats {}, capabilities {}", d["family"].as_str().unwrap_or(""), d["formats"], d["capabilities"])?;
+        } else if let Some(d) = &self.describe {
             writeln!(f, "tool      {} {}", d["name"].as_str().unwrap_or(""), d["version"].as_str().unwrap_or(""))?;
             writeln!(f, "          {}", d["description"].as_str().unwrap_or(""))?;
             let scoped = if d["allow_tenant_scoped"] == true { "allowed" } else { "refused" };

@@ -31,15 +31,30 @@ enum Command {
     /// The author's loop: serve on loopback with demo data, rebuild and hot-swap plugin crates
     /// when their sources change.
     Dev(DevArgs),
+    /// Exports, without the server.
+    #[command(subcommand)]
+    Export(ExportCommand),
+}
+
+#[derive(Subcommand)]
+enum ExportCommand {
+    /// Run one export of the configuration now, against the local database, and print its status.
+    Run {
+        /// The export's name.
+        name: String,
+        #[command(flatten)]
+        common: Common,
+    },
 }
 
 #[derive(Subcommand)]
 enum PluginCommand {
     /// Create a plugin crate from the template.
     New {
-        /// `tool` (sinks arrive with the sink world).
+        /// `tool` or `sink`.
         kind: PluginKind,
-        /// The tool's name, e.g. acme.top_nodes (^[a-z][a-z0-9_.]{1,127}$); the crate is acme-top-nodes.
+        /// A tool's name, e.g. acme.top_nodes (^[a-z][a-z0-9_.]{1,127}$; the crate is
+        /// acme-top-nodes), or a sink's type, e.g. acme-hook (^[a-z][a-z0-9_-]{0,63}$).
         name: String,
         /// Directory to create (default: ./<crate name>).
         #[arg(long)]
@@ -249,10 +264,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Call(a) | Command::Plugin(PluginCommand::Call(a)) => call(a),
-        Command::Plugin(PluginCommand::New { kind: PluginKind::Sink, .. }) => anyhow::bail!(
-            "sink plugins are not available yet: the `sink` world is not part of this release; \
-             `sluice plugin new tool NAME` makes a tool"
-        ),
+        Command::Plugin(PluginCommand::New { kind: PluginKind::Sink, name, dir, .. }) => {
+            let dir = sluice::authoring::new_sink(&name, dir.as_deref())?;
+            println!("Created {} (sink type {name}). Next:", dir.display());
+            println!("  cd {} && sluice plugin build", dir.display());
+            Ok(())
+        }
         Command::Plugin(PluginCommand::New { kind: PluginKind::Tool, name, dir, pdk }) => {
             let pdk = pdk.unwrap_or_else(sluice::authoring::default_pdk_dir);
             let dir = sluice::authoring::new_tool(&name, dir.as_deref(), &pdk)?;
@@ -266,6 +283,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("size   {} ({} bytes)", sluice::authoring::human_size(built.size), built.size);
             println!("digest sha256:{}", built.digest);
             Ok(())
+        }
+        Command::Export(ExportCommand::Run { name, common }) => {
+            let config = load_config(&common)?;
+            config.validate()?;
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(async {
+                let db = sluice::db::Database::open(config.database.to_options())?;
+                let mut plugins = config.plugins.clone();
+                plugins.watch = false;
+                let runtime = sluice::runtime::Runtime::without_plugins(plugins, db, sluice::metrics::Metrics::new())?;
+                let engine = sluice::export::engine::ExportEngine::new(runtime, sluice::metrics::Metrics::new(), &config.sinks, &config.exports)?;
+                let status = engine.run(&name).await.with_context(|| {
+                    let names: Vec<String> = engine.statuses().into_iter().map(|s| s.name).collect();
+                    format!("no export {name:?} in the configuration; there are: {}", names.join(", "))
+                })??;
+                println!("{}", serde_json::to_string_pretty(&status)?);
+                anyhow::ensure!(status.condition != "Degraded", "export {name} is degraded: see lastError above");
+                Ok(())
+            })
         }
         Command::Plugin(PluginCommand::Inspect { file, json }) => {
             let scratch = tempdir("inspect")?;

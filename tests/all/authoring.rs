@@ -111,41 +111,15 @@ async fn tool_guide_runs_as_written() {
     assert!(seed.status.success(), "{}", text(&seed).1);
     let server = Server::start(&dir, &[]);
 
-    // The quick start, in order, in a fresh directory: sh blocks as they are, the rust block
-    // saved as src/lib.rs where it appears.
+    // The quick start, in order, in a fresh directory.
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
-    let mut script = String::new();
-    for (info, body) in &blocks {
-        match info.as_str() {
-            "sh" => script.push_str(body),
-            "rust" => script.push_str(&format!("cat > src/lib.rs <<'SLUICE_GUIDE_EOF'\n{body}SLUICE_GUIDE_EOF\n")),
-            _ => {}
-        }
-    }
-    let bin_dir = sluice_bin().parent().unwrap().to_owned();
-    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
-    let out = tokio::task::spawn_blocking({
-        let (work, plugins, api) = (work.clone(), plugins.clone(), server.api.clone());
-        move || {
-            Command::new("bash")
-                .args(["-euo", "pipefail", "-c", &script])
-                .current_dir(&work)
-                .env("PATH", path)
-                .env("SLUICE_URL", api)
-                .env("SLUICE_TOKEN", TOKEN)
-                .env("SLUICE_PLUGINS", plugins)
-                .env("CARGO_NET_OFFLINE", "true")
-                .env("CARGO_TARGET_DIR", author_target_dir())
-                .env("SLUICE_LOG", "warn")
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "the guide failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
+    let env = vec![
+        ("SLUICE_URL", server.api.clone()),
+        ("SLUICE_TOKEN", TOKEN.to_owned()),
+        ("SLUICE_PLUGINS", plugins.display().to_string()),
+    ];
+    let stdout = run_guide(&blocks, &work, env).await;
 
     // The last command's answer: the three weakest nodes of cluster-a.
     let answer: Value = serde_json::from_str(stdout.lines().last().unwrap())
@@ -201,6 +175,83 @@ async fn tool_guide_runs_as_written() {
     assert_eq!(entry["name"], "acme.weakest_nodes");
     assert_eq!(entry["digest"].as_str(), Some(sha256_hex(&installed).as_str()));
     drop(server);
+}
+
+/// Runs a guide section's `sh` blocks (and its `rust` block, saved as `src/lib.rs`) in order in
+/// `work`, with `sluice` on the PATH and `env`; returns stdout.
+async fn run_guide(blocks: &[(String, String)], work: &Path, env: Vec<(&'static str, String)>) -> String {
+    let mut script = String::new();
+    for (info, body) in blocks {
+        match info.as_str() {
+            "sh" => script.push_str(body),
+            "rust" => script.push_str(&format!("cat > src/lib.rs <<'SLUICE_GUIDE_EOF'\n{body}SLUICE_GUIDE_EOF\n")),
+            _ => {}
+        }
+    }
+    let bin_dir = sluice_bin().parent().unwrap().to_owned();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let work = work.to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &script])
+            .current_dir(&work)
+            .env("PATH", path)
+            .env("CARGO_NET_OFFLINE", "true")
+            .env("CARGO_TARGET_DIR", author_target_dir())
+            .env("SLUICE_LOG", "warn")
+            .envs(env)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "the guide failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sink_guide_runs_as_written() {
+    let guide = std::fs::read_to_string(root().join("docs/writing-a-sink.md")).unwrap();
+    let blocks = section_blocks(&guide, "## Quick start");
+    assert!(blocks.iter().filter(|(i, _)| i == "sh").count() >= 4);
+    let rx = crate::sinks::receiver().await;
+    let dir = TempDir::new("sink-guide");
+    let stdout = run_guide(&blocks, dir.path(), vec![("SLUICE_RECEIVER", rx.url.clone())]).await;
+
+    // The command's status, then what the receiver got: the envelope of the query's rows.
+    let status: Value = serde_json::from_str(&stdout[stdout.find("{\n").expect("the status JSON")..]).unwrap();
+    assert_eq!(status["condition"], "Synced", "{status}");
+    assert_eq!(status["sinkExports"][0]["synced"], "Exported");
+    let body = {
+        let seen = rx.seen.lock().unwrap();
+        assert_eq!(seen.len(), 1, "one delivery");
+        assert_eq!(seen[0].0, "POST");
+        assert_eq!(seen[0].1["idempotency-key"], "event-counts/1/0");
+        seen[0].2.clone()
+    };
+    let envelope: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(envelope["export"], "event-counts");
+    assert_eq!(envelope["checksum"], status["checksum"]);
+    let db = duckdb::Connection::open(dir.path().join("acme-hook/demo.duckdb")).unwrap();
+    let mut stmt = db.prepare("SELECT cluster_id, count(*) FROM events GROUP BY cluster_id ORDER BY cluster_id").unwrap();
+    let direct: Vec<Value> = stmt
+        .query_map([], |r| Ok(json!({"cluster_id": r.get::<_, String>(0)?, "events": r.get::<_, i64>(1)?})))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(envelope["items"], Value::Array(direct));
+
+    // inspect knows a sink when it sees one.
+    let built = dir.path().join("acme-hook");
+    let wasm = author_target_dir().join("wasm32-wasip2/release/acme_hook.wasm");
+    let out = sluice(&built).args(["plugin", "inspect", "--json"]).arg(&wasm).output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["world"], "sluice:plugin/sink");
+    assert_eq!(v["describe"]["type"], "acme-hook");
+    assert!(v["imports"].as_array().unwrap().iter().any(|i| i[0].as_str().unwrap().starts_with("wasi:http/outgoing-handler")));
 }
 
 /// Lines of a child's stdout, as they come.
@@ -343,6 +394,12 @@ fn inspect(file: &Path, json_out: bool) -> Output {
 
 #[test]
 fn inspect_shows_each_bundled_component() {
+    let sink = component("http");
+    let out = inspect(&sink, true);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let v: Value = serde_json::from_str(&text(&out).0).unwrap();
+    assert_eq!((v["world"].as_str(), v["describe"]["type"].as_str()), (Some("sluice:plugin/sink"), Some("http")), "{v}");
+    assert!(text(&inspect(&sink, false)).0.contains("sink      http "));
     for (file, name) in
         [("fleet-cluster-summary", "fleet.cluster.summary"), ("fleet-cluster-run-analysis", "fleet.cluster.run_analysis")]
     {
@@ -431,9 +488,15 @@ fn plugin_new_refuses_bad_names_and_existing_directories_with_a_way_out() {
     assert!(!again.status.success());
     assert!(text(&again).1.contains("already exists and is not empty"), "{}", text(&again).1);
 
-    let sink = sluice(dir.path()).args(["plugin", "new", "sink", "acme.sink"]).output().unwrap();
+    let sink = sluice(dir.path()).args(["plugin", "new", "sink", "Acme.Sink"]).output().unwrap();
     assert!(!sink.status.success());
-    assert!(text(&sink).1.contains("sink plugins are not available yet"), "{}", text(&sink).1);
+    assert!(text(&sink).1.contains("invalid sink type \"Acme.Sink\"") && text(&sink).1.contains("\"acme-sink\""), "{}", text(&sink).1);
+    let sink = sluice(dir.path()).args(["plugin", "new", "sink", "acme-sink"]).output().unwrap();
+    assert!(sink.status.success(), "{}", text(&sink).1);
+    for f in ["Cargo.toml", "Cargo.lock", "README.md", "src/lib.rs", "wit/sink.wit", "wit/log.wit"] {
+        assert!(dir.path().join("acme-sink").join(f).is_file(), "{f}");
+    }
+    assert_eq!(std::fs::read_to_string(dir.path().join("acme-sink/README.md")).unwrap().lines().count(), 3);
 }
 
 #[test]
