@@ -75,6 +75,7 @@ pub struct Metrics {
     export_debounced: IntCounterVec,
     export_spill_warn: IntCounterVec,
     sink_connection_tests: IntCounterVec,
+    sink_breaker_state: prometheus::IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -160,6 +161,12 @@ impl Metrics {
             &["sink_type", "result"],
         );
         registry.register(Box::new(export_duration.clone())).expect("unique metric");
+        let sink_breaker_state = prometheus::IntGaugeVec::new(
+            Opts::new("sluice_sink_breaker_state", "Each sink's circuit breaker: 0 closed, 1 open, 2 half-open."),
+            &["sink"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(sink_breaker_state.clone())).expect("unique metric");
         for c in [
             &http_requests, &plugin_calls, &plugin_reloads, &auth_failures, &rate_limited, &ingest_points, &sink_errors,
             &export_bytes, &export_debounced, &export_spill_warn, &sink_connection_tests,
@@ -185,7 +192,18 @@ impl Metrics {
             export_debounced,
             export_spill_warn,
             sink_connection_tests,
+            sink_breaker_state,
         }
+    }
+
+    /// A sink's breaker state (sink names come from the operator's configuration).
+    pub fn sink_breaker(&self, sink: &str, state: &str) {
+        let v = match state {
+            "open" => 1,
+            "half_open" => 2,
+            _ => 0,
+        };
+        self.sink_breaker_state.with_label_values(&[sink]).set(v);
     }
 
     /// A sink failure; `sink_type` comes from loaded sink components, `reason` from a fixed set.

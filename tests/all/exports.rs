@@ -128,6 +128,8 @@ async fn exports_are_delivered_debounced_retried_and_survive_a_restart() {
     let metrics = gw.request("GET", "/metrics", None).await.text;
     assert!(metrics.contains("sluice_export_debounced_total{export=\"event-counts\"}"), "{metrics}");
     assert!(metrics.contains("sluice_sink_errors_total{reason=\"transient\",sink_type=\"http\"}"), "{metrics}");
+    assert!(metrics.contains("sluice_sink_breaker_state{sink=\"flaky\"} 1"), "{metrics}");
+    assert!(metrics.contains("sluice_sink_breaker_state{sink=\"hook\"} 0"), "{metrics}");
     drop(gw);
 
     // A restart: what was delivered is remembered, what is owed is still owed.

@@ -391,7 +391,12 @@ impl ExportEngine {
                             Err(e) if e.class() == ErrorClass::Transient => Outcome::Transient,
                             Err(_) => Outcome::Permanent,
                         };
-                        sink.breaker.lock().unwrap_or_else(|p| p.into_inner()).record(outcome, Instant::now());
+                        let state = {
+                            let mut breaker = sink.breaker.lock().unwrap_or_else(|p| p.into_inner());
+                            breaker.record(outcome, Instant::now());
+                            breaker.state(Instant::now())
+                        };
+                        self.metrics.sink_breaker(&sink.entry.name, state.as_str());
                         r.map_err(|e: SinkCallError| (e.class(), e.to_string()))
                     }
                 };
