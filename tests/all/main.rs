@@ -13,6 +13,7 @@ mod hot_swap;
 mod mcp;
 mod otlp;
 mod registry;
+mod s3;
 mod sinks;
 mod sql;
 mod tenant;
