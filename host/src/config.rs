@@ -87,6 +87,10 @@ pub struct ExportConfigEntry {
     /// Largest payload; larger exports are split into parts (or spilled).
     #[serde(default = "default_max_export_bytes")]
     pub max_export_bytes: ByteSize,
+    /// An object-store sink (e.g. `s3`) to spill payloads to that a sink cannot take (over the
+    /// cap and not splittable for it); that sink then gets a small pointer envelope instead.
+    #[serde(default)]
+    pub spill_to: Option<String>,
     /// The sinks it goes to.
     #[serde(rename = "sink")]
     pub sinks: Vec<ExportBinding>,
@@ -375,6 +379,9 @@ impl Config {
                 anyhow::ensure!(names.contains(b.name.as_str()), "export {:?} names sink {:?}, which no [[sink]] defines", export.name, b.name);
             }
             anyhow::ensure!(export.max_export_bytes.0 >= 4096, "export {:?}: max_export_bytes must be at least 4KiB", export.name);
+            if let Some(spill) = &export.spill_to {
+                anyhow::ensure!(names.contains(spill.as_str()), "export {:?} spills to sink {spill:?}, which no [[sink]] defines", export.name);
+            }
         }
         for (file, digest) in &self.plugins.pinned {
             anyhow::ensure!(

@@ -40,6 +40,7 @@ fn options(db_dir: &TempDir, hook: &str, flaky: &str) -> GatewayOptions {
                 cadence: None,
                 cluster: String::new(),
                 max_export_bytes: sluice::config::ByteSize(1 << 20),
+                spill_to: None,
                 sinks: vec![
                     ExportBinding { name: "hook".into(), min_interval: Some(HumanDuration(std::time::Duration::from_secs(3600))) },
                     ExportBinding { name: "flaky".into(), min_interval: None },

@@ -85,6 +85,7 @@ fn export(name: &str, sql: &str, sink: &str, max: usize) -> ExportConfigEntry {
         cadence: None,
         cluster: "cluster-a".into(),
         max_export_bytes: ByteSize(max),
+        spill_to: None,
         sinks: vec![ExportBinding { name: sink.into(), min_interval: None }],
     }
 }
@@ -96,7 +97,12 @@ async fn exports_land_in_s3_as_objects_and_parts() {
     assert!(http.put(format!("{}/sluice", moto.url)).send().await.unwrap().status().is_success());
     let secrets = TempDir::new("s3-secrets");
     let endpoint = moto.url.clone();
-    let sinks = vec![s3_sink("store", &endpoint, "sluice", &secrets), s3_sink("nowhere", &endpoint, "no-such-bucket", &secrets)];
+    let hook = crate::sinks::receiver().await;
+    let mut http_sink = s3_sink("hook", &hook.url, "unused", &secrets);
+    http_sink.component = component("http");
+    http_sink.settings = BTreeMap::from([("url".into(), hook.url.clone())]);
+    http_sink.secrets = BTreeMap::new();
+    let sinks = vec![s3_sink("store", &endpoint, "sluice", &secrets), s3_sink("nowhere", &endpoint, "no-such-bucket", &secrets), http_sink];
     let gw = TestGateway::start(GatewayOptions {
         configure: Box::new(move |c| {
             c.sinks = sinks;
@@ -104,6 +110,8 @@ async fn exports_land_in_s3_as_objects_and_parts() {
                 export("counts", "SELECT node_id, count(*) AS events FROM events GROUP BY ALL ORDER BY ALL", "store", 1 << 20),
                 export("samples", "SELECT node_id, metric_name, value_double FROM events LIMIT 300", "store", 4096),
                 export("lost", "SELECT 1 AS one", "nowhere", 1 << 20),
+                // One item over the cap: spilled to the store, the hook gets a pointer.
+                ExportConfigEntry { spill_to: Some("store".into()), ..export("big", "SELECT repeat('x', 10000) AS blob", "hook", 4096) },
             ];
         }),
         ..Default::default()
@@ -145,6 +153,17 @@ async fn exports_land_in_s3_as_objects_and_parts() {
     }
     let parts = n;
     assert_eq!(total, 300, "every row once across {parts} parts");
+
+    // Spilled: the whole payload in the store, a pointer to it at the hook.
+    let r = gw.request("POST", "/api/v2/exports/big/run", None).await;
+    assert_eq!(r.body["condition"], "Synced", "{}", r.text);
+    let pointer: Value = serde_json::from_slice(&hook.seen.lock().unwrap()[0].2).unwrap();
+    assert_eq!(pointer["items"], json!([]));
+    assert_eq!(pointer["itemCount"], 1);
+    assert_eq!(pointer["spilled"]["location"], "s3://sluice/fleet/exports/big.json");
+    let stored: Value = serde_json::from_slice(&moto.get("sluice", "fleet/exports/big.json").await.unwrap()).unwrap();
+    assert_eq!(stored["items"][0]["blob"].as_str().unwrap().len(), 10_000);
+    assert_eq!(stored["checksum"], pointer["checksum"]);
 
     // The probe, and a missing bucket: terminal, not retried.
     let t = gw.request("POST", "/api/v2/sinks/store/test", None).await;

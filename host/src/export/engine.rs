@@ -132,6 +132,17 @@ impl ExportEngine {
                 Arc::new(SinkHandle { entry: entry.clone(), loaded, policy, breaker: Mutex::new(Breaker::new()) }),
             );
         }
+        for e in exports {
+            if let Some(spill) = &e.spill_to {
+                let sink = handles.get(spill).with_context(|| format!("export {}: no sink named {spill:?} to spill to", e.name))?;
+                anyhow::ensure!(
+                    sink.loaded.info.capabilities.object_store,
+                    "export {}: sink {spill} ({}) is not an object store and cannot take spills",
+                    e.name,
+                    sink.loaded.info.sink_type
+                );
+            }
+        }
         let persisted = state::load_all(runtime.db())?;
         let state: BTreeMap<(String, String), SinkState> =
             persisted.into_iter().map(|s| ((s.export.clone(), s.sink.clone()), s)).collect();
@@ -341,14 +352,21 @@ impl ExportEngine {
             snapshot,
             meta,
             entry.max_export_bytes.0,
-            SinkShape { accepts_parts: caps.accepts_parts, spill_available: false },
+            SinkShape { accepts_parts: caps.accepts_parts, spill_available: entry.spill_to.is_some() },
         );
         if warnings.large {
             self.metrics.export_spill_warn();
         }
         let parts = match planned {
             Ok(Plan::Parts(parts)) => parts,
-            Ok(Plan::Spill(_)) | Err(SizeError::SpillRequired { .. }) => {
+            Ok(Plan::Spill(whole)) => match self.spill(entry, snapshot, meta, &whole).await {
+                Ok(pointer) => vec![pointer],
+                Err(message) => {
+                    self.metrics.sink_error(&sink_type, "spill_required");
+                    return self.record_failure(key, previous, meta.generation, "transient", message, &sink.entry.name);
+                }
+            },
+            Err(SizeError::SpillRequired { .. }) => {
                 let msg = format!("the payload is over {} bytes and {} takes only whole payloads; bind an object-store sink to spill to", entry.max_export_bytes.0, sink.entry.name);
                 self.metrics.sink_error(&sink_type, "spill_required");
                 return self.record_failure(key, previous, meta.generation, "terminal", msg, &sink.entry.name);
@@ -439,6 +457,51 @@ impl ExportEngine {
             last_error: None,
             breaker: "closed",
         }
+    }
+
+    /// Stores a whole payload in the export's spill sink and returns the pointer envelope to
+    /// send instead: the same head, no items, and where the payload went.
+    async fn spill(
+        &self,
+        entry: &ExportConfigEntry,
+        snapshot: &Snapshot,
+        meta: &EnvelopeMeta<'_>,
+        whole: &super::envelope::Part,
+    ) -> Result<super::envelope::Part, String> {
+        let name = entry.spill_to.as_deref().ok_or("no spill sink")?;
+        let store = self.sinks.get(name).ok_or_else(|| format!("no sink named {name:?} to spill to"))?;
+        let config = store.config().map_err(|e| format!("{e:#}"))?;
+        let request = ExportRequest {
+            export: entry.name.clone(),
+            cluster: entry.cluster.clone(),
+            generation: meta.generation,
+            checksum: snapshot.checksum.clone(),
+            part_index: 0,
+            part_total: 1,
+            item_count: whole.item_count as u32,
+            format: "json".into(),
+            payload: whole.json.as_bytes().to_vec(),
+        };
+        let receipt = self
+            .runtime
+            .sink_export(&store.loaded, &config, &request, store.policy.clone(), store.entry.timeout.0)
+            .await
+            .map_err(|e| format!("spilling to {name} failed: {e}"))?;
+        self.metrics.export_bytes(&store.loaded.info.sink_type, whole.json.len());
+        let pointer = serde_json::json!({
+            "schemaVersion": super::envelope::SCHEMA_VERSION,
+            "export": meta.export,
+            "checksum": snapshot.checksum,
+            "generation": meta.generation,
+            "partIndex": 0,
+            "partTotal": 1,
+            "itemCount": whole.item_count,
+            "exportedAt": meta.exported_at,
+            "cluster": meta.cluster,
+            "spilled": {"sink": name, "location": receipt.location, "bytes": whole.json.len()},
+            "items": [],
+        });
+        Ok(super::envelope::Part { index: 0, total: 1, item_count: whole.item_count, json: pointer.to_string() })
     }
 
     fn persist(&self, key: (String, String), state: SinkState) {
