@@ -48,6 +48,11 @@ fn cluster_stats(avgs: &BTreeMap<(String, String), f64>) -> BTreeMap<String, (f6
         .collect()
 }
 
+/// The (cluster, node) of each row.
+fn nodes_of(rows: &[Value]) -> BTreeSet<(String, String)> {
+    rows.iter().map(|r| (r["cluster_id"].as_str().unwrap().to_owned(), r["node_id"].as_str().unwrap().to_owned())).collect()
+}
+
 fn count(gw: &TestGateway, sql: &str) -> i64 {
     gw.gateway.runtime().db().writer().query_row(sql, [], |r| r.get(0)).unwrap()
 }
@@ -64,10 +69,7 @@ async fn find_stragglers_flags_the_nodes_below_median_minus_k_mad() {
             .filter(|((c, _), v)| **v < stats[c].0 - k * stats[c].1)
             .map(|(key, _)| key.clone())
             .collect();
-        let found: BTreeSet<(String, String)> = got
-            .iter()
-            .map(|r| (r["cluster_id"].as_str().unwrap().to_owned(), r["node_id"].as_str().unwrap().to_owned()))
-            .collect();
+        let found = nodes_of(&got);
         assert_eq!(found, expected, "{args}");
         assert!(!found.is_empty(), "the demo's stragglers are found ({args})");
         for r in &got {
@@ -97,10 +99,7 @@ async fn find_outlier_nodes_uses_robust_z_scores() {
             })
             .map(|(key, _)| key.clone())
             .collect();
-        let found: BTreeSet<(String, String)> = got
-            .iter()
-            .map(|r| (r["cluster_id"].as_str().unwrap().to_owned(), r["node_id"].as_str().unwrap().to_owned()))
-            .collect();
+        let found = nodes_of(&got);
         assert_eq!(found, expected, "{metric}");
         assert!(!found.is_empty(), "{metric}");
         for r in &got {

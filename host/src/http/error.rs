@@ -131,6 +131,16 @@ impl ApiError {
     }
 }
 
+/// How a request ended, for its audit line: the status, and the full text of a backend failure
+/// (which the client never sees).
+pub fn audit_outcome(result: Result<(), &ApiError>) -> (u16, Option<String>) {
+    match result {
+        Ok(()) => (200, None),
+        Err(ApiError::ToolBackendFailure { detail, .. }) => (500, Some(detail.clone())),
+        Err(e) => (e.status().as_u16(), None),
+    }
+}
+
 /// A request body, or the error it comes to: 413 `payload_too_large` (`limit` bytes) when over
 /// the route's limit, else 400 `invalid_request`.
 pub fn read_body(

@@ -37,11 +37,7 @@ pub async fn sql(
     let started = std::time::Instant::now();
     let mut text = None;
     let result = run(&state, &caller, body, &mut text).await;
-    let (status, error) = match &result {
-        Ok(_) => (200, None),
-        Err(ApiError::ToolBackendFailure { detail, .. }) => (500, Some(detail.clone())),
-        Err(e) => (e.status().as_u16(), None),
-    };
+    let (status, error) = super::error::audit_outcome(result.as_ref().map(|_| ()));
     let mut ev = caller.audit(if error.is_some() { "sql_backend_failure" } else { "sql_query" });
     if let Some(t) = text {
         let cut: String = t.chars().take(AUDIT_SQL_CHARS).collect();

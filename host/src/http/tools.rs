@@ -78,11 +78,7 @@ pub(super) fn audit_call(
     started: std::time::Instant,
     via: &'static str,
 ) {
-    let (status, error) = match result {
-        Ok(()) => (200, None),
-        Err(ApiError::ToolBackendFailure { detail, .. }) => (500, Some(detail.clone())),
-        Err(e) => (e.status().as_u16(), None),
-    };
+    let (status, error) = super::error::audit_outcome(result);
     let mut ev = caller.audit(if error.is_some() { "tool_backend_failure" } else { "tool_call" });
     ev.tool = Some(name.to_owned());
     ev.cluster_id = cluster_id;
