@@ -394,22 +394,32 @@ fn inspect(file: &Path, json_out: bool) -> Output {
 
 #[test]
 fn inspect_shows_each_bundled_component() {
-    let sink = component("http");
-    let out = inspect(&sink, true);
-    assert!(out.status.success(), "{}", text(&out).1);
-    let v: Value = serde_json::from_str(&text(&out).0).unwrap();
-    assert_eq!((v["world"].as_str(), v["describe"]["type"].as_str()), (Some("sluice:plugin/sink"), Some("http")), "{v}");
-    assert!(text(&inspect(&sink, false)).0.contains("sink      http "));
-    for (file, name) in
-        [("fleet-cluster-summary", "fleet.cluster.summary"), ("fleet-cluster-run-analysis", "fleet.cluster.run_analysis")]
-    {
-        let path = component(file);
+    // Every bundled sink.
+    for (file, sink_type) in [("http", "http"), ("s3", "s3")] {
+        let sink = component(file);
+        let out = inspect(&sink, true);
+        assert!(out.status.success(), "{file}: {}", text(&out).1);
+        let v: Value = serde_json::from_str(&text(&out).0).unwrap();
+        assert_eq!((v["world"].as_str(), v["describe"]["type"].as_str()), (Some("sluice:plugin/sink"), Some(sink_type)), "{v}");
+        assert!(v["imports"].as_array().unwrap().iter().all(|i| !i[1].as_str().unwrap().starts_with("NOT PROVIDED")), "{v}");
+        assert!(text(&inspect(&sink, false)).0.contains(&format!("sink      {sink_type} ")));
+    }
+    // Every bundled tool: the file names follow the tool names.
+    let tools: Vec<std::path::PathBuf> = std::fs::read_dir(root().join("dist/plugins"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+        .collect();
+    assert_eq!(tools.len(), 7, "{tools:?}");
+    for path in tools {
+        let file = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let name = file.replacen("fleet-cluster-", "fleet.cluster.", 1).replace('-', "_");
         let out = inspect(&path, true);
         let (stdout, stderr) = text(&out);
         assert!(out.status.success(), "{file}: {stderr}");
         let v: Value = serde_json::from_str(&stdout).unwrap();
         assert_eq!(v["world"], "sluice:plugin/tool", "{v}");
-        assert_eq!(v["describe"]["name"], name);
+        assert_eq!(v["describe"]["name"], name.as_str());
         assert_eq!(v["describe"]["input_schema"]["type"], "object");
         assert!(v["describe"]["version"].as_str().is_some_and(|s| !s.is_empty()));
         assert_eq!(v["digest"].as_str(), Some(sha256_hex(&std::fs::read(&path).unwrap()).as_str()));
