@@ -19,9 +19,10 @@ use serde_json::{Value, json};
 use crate::binary::{Server, TOKEN};
 use crate::common::{TempDir, component, root, sha256_hex, sluice_bin};
 
-/// How long a plugin build may take on a busy 2-core machine (the first one compiles
-/// `wit-bindgen` and its dependencies).
-const BUILD_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a plugin build may take on a busy 2-core machine: the first one compiles
+/// `wit-bindgen` and its dependencies, and the other tests' builds share (and lock) the same
+/// target directory.
+const BUILD_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// The target directory for crates made by these tests: next to the workspace's.
 fn author_target_dir() -> PathBuf {
