@@ -64,6 +64,14 @@ pub struct SinkConfigEntry {
     /// Longest one delivery or probe may take.
     #[serde(default = "default_sink_timeout")]
     pub timeout: HumanDuration,
+    /// How long the sink's circuit breaker stays open (failing deliveries fast) after five
+    /// transient failures in a row, before one trial delivery is let through.
+    #[serde(default = "default_breaker_open_for")]
+    pub breaker_open_for: HumanDuration,
+}
+
+fn default_breaker_open_for() -> HumanDuration {
+    HumanDuration(crate::export::policy::BREAKER_OPEN_FOR)
 }
 
 fn default_sink_timeout() -> HumanDuration {

@@ -185,8 +185,22 @@ pub async fn serve_gateway(config: &Config, gateway: Gateway, audit: AuditLog) -
     Ok(())
 }
 
-/// Runs each export with a cadence on its own task, one run at a time, until draining starts.
+/// Runs each export with a cadence on its own task, one run at a time, until draining starts
+/// (the first run at once); an export without a cadence runs once at start when a delivery of it
+/// was left pending.
 fn spawn_export_schedule(gateway: &Gateway) {
+    let scheduled: Vec<String> = gateway.state.exports.scheduled().into_iter().map(|(n, _)| n).collect();
+    for name in gateway.state.exports.pending().into_iter().filter(|n| !scheduled.contains(n)) {
+        let engine = gateway.state.exports.clone();
+        tokio::spawn(async move {
+            tracing::info!(export = %name, "Resuming an export left pending.");
+            match engine.run(&name).await {
+                Some(Ok(status)) => tracing::info!(export = %name, condition = status.condition, generation = status.generation, "Export ran."),
+                Some(Err(e)) => tracing::warn!(export = %name, error = %format!("{e:#}"), "Export failed."),
+                None => {}
+            }
+        });
+    }
     for (name, every) in gateway.state.exports.scheduled() {
         let (engine, drain) = (gateway.state.exports.clone(), gateway.state.drain.clone());
         tokio::spawn(async move {

@@ -22,6 +22,7 @@ fn sink(name: &str, url: &str) -> SinkConfigEntry {
         secrets: BTreeMap::new(),
         allow_private: true,
         timeout: HumanDuration(std::time::Duration::from_secs(10)),
+        breaker_open_for: HumanDuration(std::time::Duration::from_secs(30)),
     }
 }
 

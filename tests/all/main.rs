@@ -12,6 +12,7 @@ mod hostile;
 mod hot_swap;
 mod mcp;
 mod otlp;
+mod postgres;
 mod registry;
 mod s3;
 mod sinks;

@@ -129,7 +129,7 @@ impl ExportEngine {
             let policy = Arc::new(NetPolicy::for_urls(urls, entry.allow_private));
             handles.insert(
                 entry.name.clone(),
-                Arc::new(SinkHandle { entry: entry.clone(), loaded, policy, breaker: Mutex::new(Breaker::new()) }),
+                Arc::new(SinkHandle { entry: entry.clone(), loaded, policy, breaker: Mutex::new(Breaker::open_for(entry.breaker_open_for.0)) }),
             );
         }
         for e in exports {
@@ -217,6 +217,16 @@ impl ExportEngine {
             }
         }
         s
+    }
+
+    /// Exports with a delivery left pending (failed, or cut off by a restart): run them at start.
+    pub fn pending(&self) -> Vec<String> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.exports
+            .values()
+            .filter(|e| e.entry.sinks.iter().any(|b| state.get(&(e.entry.name.clone(), b.name.clone())).is_some_and(|s| s.pending)))
+            .map(|e| e.entry.name.clone())
+            .collect()
     }
 
     /// Exports with a cadence, and theirs.
@@ -383,6 +393,12 @@ impl ExportEngine {
                 return self.record_failure(key, previous, meta.generation, "terminal", format!("{e:#}"), &sink.entry.name);
             }
         };
+        // In flight: a gateway killed from here on finds this delivery pending when it starts
+        // again and resumes it (see `ExportEngine::pending`); sinks are idempotent per generation.
+        {
+            let prev = previous.clone().unwrap_or_default();
+            self.persist(key.clone(), SinkState { export: key.0.clone(), sink: key.1.clone(), generation: meta.generation, pending: true, ..prev });
+        }
         let started = Instant::now();
         let mut last_location = String::new();
         for part in &parts {

@@ -54,6 +54,7 @@ impl BreakerState {
 /// would help them, and they say nothing about the sink being up.
 #[derive(Debug, Clone)]
 pub struct Breaker {
+    open_for: Duration,
     failures: u32,
     open_until: Option<Instant>,
     trial_in_flight: bool,
@@ -81,7 +82,12 @@ impl Default for Breaker {
 
 impl Breaker {
     pub fn new() -> Self {
-        Self { failures: 0, open_until: None, trial_in_flight: false }
+        Self::open_for(BREAKER_OPEN_FOR)
+    }
+
+    /// A breaker that stays open this long (instead of [`BREAKER_OPEN_FOR`]).
+    pub fn open_for(open_for: Duration) -> Self {
+        Self { open_for, failures: 0, open_until: None, trial_in_flight: false }
     }
 
     pub fn state(&self, now: Instant) -> BreakerState {
@@ -116,7 +122,7 @@ impl Breaker {
             Outcome::Transient => {
                 self.failures += 1;
                 if trial || self.failures >= BREAKER_THRESHOLD {
-                    self.open_until = Some(now + BREAKER_OPEN_FOR);
+                    self.open_until = Some(now + self.open_for);
                 }
             }
             // Says nothing about the sink's health; a half-open trial that ends so lets the

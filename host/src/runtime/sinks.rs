@@ -49,6 +49,9 @@ pub struct NetPolicy {
     hosts: Vec<(String, Option<u16>)>,
     /// Loopback and private addresses are allowed (development, in-cluster services).
     allow_private: bool,
+    /// The addresses the host names among `hosts` resolved to for this call (see
+    /// [`NetPolicy::resolved`]): what a TCP sink may connect to when its settings name a host.
+    addresses: Vec<(IpAddr, Option<u16>)>,
 }
 
 impl NetPolicy {
@@ -56,6 +59,7 @@ impl NetPolicy {
     pub fn for_urls<'a>(urls: impl IntoIterator<Item = &'a str>, allow_private: bool) -> Self {
         let hosts = urls
             .into_iter()
+            .flat_map(|u| u.split([',', ' ']).filter(|s| !s.is_empty()))
             .filter_map(|u| {
                 let authority = u.split_once("://").map_or(u, |(_, rest)| rest);
                 let authority = authority.split(['/', '?', '#']).next()?.rsplit('@').next()?;
@@ -63,7 +67,28 @@ impl NetPolicy {
                 Some((uri.host().trim_matches(['[', ']']).to_ascii_lowercase(), uri.port_u16()))
             })
             .collect();
-        Self { hosts, allow_private }
+        Self { hosts, allow_private, addresses: Vec::new() }
+    }
+
+    /// Whether any allowed host is a name rather than an address (a TCP sink then resolves it
+    /// through `wasi:sockets`).
+    pub fn names_hosts(&self) -> bool {
+        self.hosts.iter().any(|(h, _)| h.parse::<IpAddr>().is_err())
+    }
+
+    /// This policy with its host names resolved now, for one call: a TCP connection is allowed
+    /// to an address of an allowed name (and that address must itself be allowed).
+    pub async fn resolved(self: &Arc<Self>) -> Arc<Self> {
+        if !self.names_hosts() {
+            return self.clone();
+        }
+        let mut addresses = Vec::new();
+        for (host, port) in self.hosts.iter().filter(|(h, _)| h.parse::<IpAddr>().is_err()) {
+            if let Ok(found) = tokio::net::lookup_host((host.as_str(), port.unwrap_or(0))).await {
+                addresses.extend(found.map(|a| (a.ip(), *port)));
+            }
+        }
+        Arc::new(Self { addresses, ..(**self).clone() })
     }
 
     /// Whether requests to this host (and port) are allowed.
@@ -111,7 +136,10 @@ impl NetPolicy {
         match usage {
             SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => addr.ip().is_unspecified() && addr.port() == 0,
             SocketAddrUse::TcpConnect => {
-                self.ip_allowed(addr.ip()) && self.host_allowed(&addr.ip().to_string(), Some(addr.port()))
+                let port = Some(addr.port());
+                self.ip_allowed(addr.ip())
+                    && (self.host_allowed(&addr.ip().to_string(), port)
+                        || self.addresses.iter().any(|(ip, p)| *ip == addr.ip() && (p.is_none() || *p == port)))
             }
             _ => false,
         }
@@ -192,7 +220,9 @@ impl SinkState {
         let wasi = WasiCtxBuilder::new()
             .allow_tcp(true)
             .allow_udp(false)
-            .allow_ip_name_lookup(false)
+            // Only a sink whose settings name a host may resolve names (it connects to nothing
+            // but their addresses either way).
+            .allow_ip_name_lookup(policy.names_hosts())
             .socket_addr_check(move |addr, usage| {
                 let ok = sockets.socket_allowed(addr, usage);
                 Box::pin(async move { ok })
@@ -352,6 +382,7 @@ impl Runtime {
         timeout: Duration,
     ) -> Result<Answer, SinkCallError> {
         let deadline = Instant::now() + timeout;
+        let policy = policy.resolved().await;
         let mut store = self.sink_store(SinkState::new(&config.name, policy, self.config.memory_limit.0), deadline);
         let run = async {
             let s = sink.pre.instantiate_async(&mut store).await?;
@@ -439,6 +470,26 @@ mod tests {
         assert!(!open.socket_allowed("127.0.0.1:9001".parse().unwrap(), SocketAddrUse::TcpConnect));
         assert!(open.socket_allowed("0.0.0.0:0".parse().unwrap(), SocketAddrUse::TcpBind));
         assert!(!open.socket_allowed("0.0.0.0:80".parse().unwrap(), SocketAddrUse::TcpBind));
+        // Lists of brokers, and URLs with a user.
+        let brokers = NetPolicy::for_urls(["127.0.0.1:9092, 127.0.0.2:9093", "postgres://u@127.0.0.3:5432/db"], true);
+        for ok in ["127.0.0.1:9092", "127.0.0.2:9093", "127.0.0.3:5432"] {
+            assert!(brokers.socket_allowed(ok.parse().unwrap(), SocketAddrUse::TcpConnect), "{ok}");
+        }
+        assert!(!brokers.socket_allowed("127.0.0.1:5432".parse().unwrap(), SocketAddrUse::TcpConnect));
+        assert!(!brokers.names_hosts());
+    }
+
+    #[tokio::test]
+    async fn named_hosts_allow_their_addresses_for_one_call() {
+        let policy = Arc::new(NetPolicy::for_urls(["postgres://sluice@localhost:5432/db"], true));
+        assert!(policy.names_hosts());
+        assert!(!policy.socket_allowed("127.0.0.1:5432".parse().unwrap(), SocketAddrUse::TcpConnect));
+        let resolved = policy.resolved().await;
+        assert!(resolved.socket_allowed("127.0.0.1:5432".parse().unwrap(), SocketAddrUse::TcpConnect));
+        assert!(!resolved.socket_allowed("127.0.0.1:5433".parse().unwrap(), SocketAddrUse::TcpConnect));
+        // Resolving never lifts the address rules.
+        let strict = Arc::new(NetPolicy::for_urls(["postgres://sluice@localhost:5432/db"], false)).resolved().await;
+        assert!(!strict.socket_allowed("127.0.0.1:5432".parse().unwrap(), SocketAddrUse::TcpConnect));
     }
 
     #[test]

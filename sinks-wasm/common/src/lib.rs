@@ -63,3 +63,29 @@ pub fn send(method: Method, url: &str, headers: &[(&str, String)], body: &[u8]) 
         .map_err(unanswered)?;
     Ok(answer.status())
 }
+
+/// The addresses of `host` (an IP literal, or a name resolved through `wasi:sockets`, which the
+/// host allows only for sinks whose settings name a host rather than an address).
+pub fn resolve(host: &str, port: u16) -> Result<Vec<std::net::SocketAddr>, String> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    use wasip2::sockets::{instance_network, ip_name_lookup, network::IpAddress};
+    let bare = host.trim_matches(['[', ']']);
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let network = instance_network::instance_network();
+    let stream = ip_name_lookup::resolve_addresses(&network, bare).map_err(|e| format!("resolving {bare}: {e:?}"))?;
+    let mut out = Vec::new();
+    loop {
+        match stream.resolve_next_address() {
+            Ok(Some(IpAddress::Ipv4((a, b, c, d)))) => out.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(a, b, c, d)), port)),
+            Ok(Some(IpAddress::Ipv6(s))) => {
+                out.push(SocketAddr::new(IpAddr::V6(Ipv6Addr::new(s.0, s.1, s.2, s.3, s.4, s.5, s.6, s.7)), port))
+            }
+            Ok(None) => break,
+            Err(wasip2::sockets::network::ErrorCode::WouldBlock) => stream.subscribe().block(),
+            Err(e) => return Err(format!("resolving {bare}: {e:?}")),
+        }
+    }
+    if out.is_empty() { Err(format!("{bare} has no address")) } else { Ok(out) }
+}

@@ -1,0 +1,371 @@
+//! The `postgres` sink against a real PostgreSQL server (Debian's `postgresql`, started on a free
+//! loopback port in a scratch directory), checked with `psql`: upsert by key, COPY for large
+//! batches, pruning of absent rows, debounce, error classes, the breaker across a server outage,
+//! the socket allow-list, and a gateway killed with SIGKILL in the middle of an export.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sluice::config::{ByteSize, ExportBinding, ExportConfigEntry, HumanDuration, SinkConfigEntry};
+use sluice::runtime::sinks::{ErrorClass, ExportRequest, NetPolicy, SinkConfig};
+
+use crate::common::{GatewayOptions, TempDir, TestGateway, component};
+
+/// A PostgreSQL server of its own, stopped (immediately) on drop.
+pub(crate) struct Postgres {
+    dir: TempDir,
+    bin: PathBuf,
+    pub(crate) port: u16,
+}
+
+pub(crate) const PG_PASSWORD: &str = "pg-test-password";
+
+impl Postgres {
+    /// initdb (SCRAM authentication, a superuser `postgres`) and start on a free port.
+    pub(crate) fn start() -> Self {
+        let bin = std::env::var_os("SLUICE_PG_BIN").map(PathBuf::from).unwrap_or_else(|| {
+            let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+                .expect("PostgreSQL is not installed (Debian's `postgresql`; .ci/run installs it)")
+                .filter_map(|e| Some(e.ok()?.path().join("bin")))
+                .filter(|p| p.join("initdb").exists())
+                .collect();
+            found.sort();
+            found.pop().expect("no /usr/lib/postgresql/<version>/bin/initdb")
+        });
+        let dir = TempDir::new("pg");
+        let pwfile = dir.path().join("pwfile");
+        std::fs::write(&pwfile, format!("{PG_PASSWORD}\n")).unwrap();
+        if is_root() {
+            let ok = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status().unwrap();
+            assert!(ok.success(), "chown to the postgres user failed");
+        }
+        let pg = Self { port: free_port(), dir, bin };
+        let out = pg
+            .as_postgres("initdb")
+            .args(["-D"])
+            .arg(pg.data())
+            .args(["-A", "scram-sha-256", "-U", "postgres", "--no-sync"])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        pg.start_server();
+        pg
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The server's log (for what it refused).
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// A command run as the `postgres` user when we are root (the server refuses root).
+    fn as_postgres(&self, program: &str) -> Command {
+        let program = self.bin.join(program);
+        if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        }
+    }
+
+    pub(crate) fn start_server(&self) {
+        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, self.dir.path().display());
+        let out = self
+            .as_postgres("pg_ctl")
+            .args(["-w", "-t", "60", "-D"])
+            .arg(self.data())
+            .args(["-o", &options, "-l"])
+            .arg(self.dir.path().join("server.log"))
+            .arg("start")
+            .stdout(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_ctl start failed: {}\n{}", String::from_utf8_lossy(&out.stderr), self.log());
+    }
+
+    pub(crate) fn stop_server(&self, mode: &str) {
+        let _ = self.as_postgres("pg_ctl").args(["-w", "-m", mode, "-D"]).arg(self.data()).arg("stop").stdout(Stdio::null()).output();
+    }
+
+    /// `postgres://user@127.0.0.1:port/postgres`.
+    pub(crate) fn url(&self, user: &str) -> String {
+        format!("postgres://{user}@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Runs SQL with `psql` as the superuser; its unaligned, tuples-only output.
+    pub(crate) fn psql(&self, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-p"])
+            .arg(self.port.to_string())
+            .args(["-c", sql])
+            .env("PGPASSWORD", PG_PASSWORD)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "psql {sql:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim_end().to_owned()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop_server("immediate");
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `[[sink]]` for the postgres sink as `user`, with its password in a file.
+pub(crate) fn pg_sink(name: &str, pg: &Postgres, user: &str, password: &str, secrets: &TempDir) -> SinkConfigEntry {
+    let file = secrets.path().join(format!("{name}-password"));
+    std::fs::write(&file, format!("{password}\n")).unwrap();
+    SinkConfigEntry {
+        name: name.into(),
+        component: component("postgres"),
+        settings: BTreeMap::from([
+            ("url".into(), pg.url(user)),
+            ("table".into(), "inventory_rows".into()),
+            ("key".into(), "id".into()),
+        ]),
+        secrets: BTreeMap::from([("password".into(), format!("file:{}", file.display()))]),
+        allow_private: true,
+        timeout: HumanDuration(Duration::from_secs(20)),
+        breaker_open_for: HumanDuration(Duration::from_secs(2)),
+    }
+}
+
+fn export(name: &str, sql: &str, sink: &str, min_interval: Option<Duration>) -> ExportConfigEntry {
+    ExportConfigEntry {
+        name: name.into(),
+        sql: sql.into(),
+        cadence: None,
+        cluster: "cluster-a".into(),
+        max_export_bytes: ByteSize(1 << 20),
+        spill_to: None,
+        sinks: vec![ExportBinding { name: sink.into(), min_interval: min_interval.map(HumanDuration) }],
+    }
+}
+
+/// The test's own table in the gateway's DuckDB: `n` items.
+const INVENTORY: &str = "CREATE OR REPLACE TABLE inventory AS \
+     SELECT i AS id, 'node-' || i AS name, 'cluster-' || (i % 3) AS cluster_id, (i * 1.5)::DOUBLE AS value FROM range(100) t(i)";
+const INVENTORY_SQL: &str = "SELECT id, name, cluster_id, value FROM inventory";
+
+fn duck(gw: &TestGateway, sql: &str) {
+    gw.gateway.runtime().db().writer().execute_batch(sql).unwrap();
+}
+
+/// The inventory as the sink should have it: `id → item`.
+fn expected(gw: &TestGateway, filter: &str) -> BTreeMap<i64, Value> {
+    let conn = gw.gateway.runtime().db().writer();
+    let mut stmt = conn.prepare(&format!("SELECT id, name, cluster_id, value FROM inventory {filter}")).unwrap();
+    stmt.query_map([], |r| {
+        Ok((r.get::<_, i64>(0)?, json!({"id": r.get::<_, i64>(0)?, "name": r.get::<_, String>(1)?, "cluster_id": r.get::<_, String>(2)?, "value": r.get::<_, f64>(3)?})))
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+/// What PostgreSQL holds for an export, read with psql: `item_key → payload`.
+pub(crate) fn rows_in_pg(pg: &Postgres, export: &str) -> BTreeMap<String, Value> {
+    let out = pg.psql(&format!("SELECT item_key, payload::text FROM inventory_rows WHERE export = '{export}' ORDER BY item_key"));
+    out.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (k, v) = l.split_once('|').unwrap();
+            (k.to_owned(), serde_json::from_str(v).unwrap())
+        })
+        .collect()
+}
+
+fn assert_same(pg: &Postgres, export: &str, want: &BTreeMap<i64, Value>) {
+    let got = rows_in_pg(pg, export);
+    let want: BTreeMap<String, Value> = want.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    assert_eq!(got.len(), want.len(), "row count in PostgreSQL");
+    assert_eq!(got, want);
+}
+
+fn line<'a>(status: &'a Value, sink: &str) -> &'a Value {
+    status["sinkExports"].as_array().unwrap().iter().find(|l| l["sink"] == sink).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_postgres_sink_upserts_prunes_debounces_and_classifies_against_a_real_server() {
+    let pg = Postgres::start();
+    pg.psql("CREATE ROLE reader LOGIN PASSWORD 'reader-pw'");
+    let secrets = TempDir::new("pg-secrets");
+    let sinks = vec![
+        pg_sink("pg", &pg, "postgres", PG_PASSWORD, &secrets),
+        pg_sink("pg-badpw", &pg, "postgres", "not-the-password", &secrets),
+        pg_sink("pg-reader", &pg, "reader", "reader-pw", &secrets),
+    ];
+    let gw = TestGateway::start(GatewayOptions {
+        seed: false,
+        configure: Box::new(move |c| {
+            c.sinks = sinks;
+            c.exports = vec![
+                export("inventory", INVENTORY_SQL, "pg", Some(Duration::from_secs(3600))),
+                export("small", "SELECT id, name, cluster_id, value FROM inventory WHERE id < 5", "pg", None),
+                export("badpw", "SELECT 1 AS id", "pg-badpw", None),
+                export("denied", "SELECT 1 AS id", "pg-reader", None),
+            ];
+        }),
+        ..Default::default()
+    });
+    duck(&gw, INVENTORY);
+
+    // 100 items (the COPY path): every row, once, as DuckDB has it.
+    let r = gw.request("POST", "/api/v2/exports/inventory/run", None).await;
+    assert_eq!(r.body["condition"], "Synced", "{}", r.text);
+    assert!(line(&r.body, "pg")["message"].as_str().unwrap().contains("100 upserted, 0 deleted"), "{}", r.text);
+    assert_same(&pg, "inventory", &expected(&gw, ""));
+    assert_eq!(pg.psql("SELECT DISTINCT generation, cluster FROM inventory_rows"), "1|cluster-a");
+
+    // Unchanged within the interval: debounced, nothing written.
+    let written = pg.psql("SELECT max(exported_at) FROM inventory_rows");
+    let r = gw.request("POST", "/api/v2/exports/inventory/run", None).await;
+    assert_eq!(line(&r.body, "pg")["synced"], "Debounced", "{}", r.text);
+    assert_eq!(pg.psql("SELECT max(exported_at) FROM inventory_rows"), written);
+
+    // Changed data: one row updated, ten gone, one new; absent rows are pruned.
+    duck(&gw, "UPDATE inventory SET value = -1 WHERE id = 7; DELETE FROM inventory WHERE id >= 90; INSERT INTO inventory VALUES (200, 'node-200', 'cluster-2', 2.0)");
+    let r = gw.request("POST", "/api/v2/exports/inventory/run", None).await;
+    assert_eq!(line(&r.body, "pg")["synced"], "Exported", "{}", r.text);
+    assert_eq!(r.body["generation"], 2);
+    assert!(line(&r.body, "pg")["message"].as_str().unwrap().contains("91 upserted, 10 deleted"), "{}", r.text);
+    let want = expected(&gw, "");
+    assert_eq!(want[&7]["value"], json!(-1.0));
+    assert_same(&pg, "inventory", &want);
+
+    // A small export (row by row, no COPY) in the same table; pruning stays within an export.
+    let r = gw.request("POST", "/api/v2/exports/small/run", None).await;
+    assert_eq!(r.body["condition"], "Synced", "{}", r.text);
+    assert_same(&pg, "small", &expected(&gw, "WHERE id < 5"));
+    assert_same(&pg, "inventory", &want);
+
+    // Wrong password: terminal, tried once (the server saw one failed authentication).
+    let r = gw.request("POST", "/api/v2/exports/badpw/run", None).await;
+    assert_eq!(r.body["condition"], "Degraded", "{}", r.text);
+    let l = line(&r.body, "pg-badpw");
+    assert_eq!(l["lastError"]["class"], "terminal", "{l}");
+    assert!(l["lastError"]["message"].as_str().unwrap().contains("authentication"), "{l}");
+    assert_eq!(pg.log().matches("password authentication failed").count(), 1, "{}", pg.log());
+
+    // No privilege to create the table: forbidden.
+    let r = gw.request("POST", "/api/v2/exports/denied/run", None).await;
+    let l = line(&r.body, "pg-reader");
+    assert_eq!(l["lastError"]["class"], "forbidden", "{l}");
+    assert!(l["lastError"]["message"].as_str().unwrap().contains("permission denied"), "{l}");
+
+    // The connection test.
+    let t = gw.request("POST", "/api/v2/sinks/pg/test", None).await;
+    assert_eq!(t.body["verified"], true, "{}", t.text);
+    assert!(t.text.contains("PostgreSQL 1"), "{}", t.text);
+    let t = gw.request("POST", "/api/v2/sinks/pg-badpw/test", None).await;
+    assert_eq!(t.body["verified"], false, "{}", t.text);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_breaker_opens_while_postgres_is_down_and_the_half_open_trial_delivers_when_it_returns() {
+    let pg = Postgres::start();
+    let secrets = TempDir::new("pg-secrets");
+    let sinks = vec![pg_sink("pg", &pg, "postgres", PG_PASSWORD, &secrets)];
+    let gw = TestGateway::start(GatewayOptions {
+        seed: false,
+        configure: Box::new(move |c| {
+            c.sinks = sinks;
+            c.exports = vec![export("inventory", INVENTORY_SQL, "pg", None)];
+        }),
+        ..Default::default()
+    });
+    duck(&gw, INVENTORY);
+    let r = gw.request("POST", "/api/v2/exports/inventory/run", None).await;
+    assert_eq!(r.body["condition"], "Synced", "{}", r.text);
+
+    pg.stop_server("fast");
+    duck(&gw, "UPDATE inventory SET name = 'renamed' WHERE id = 1");
+    // 3 attempts, then 2 more: five transient failures in a row open the breaker.
+    let r = gw.request("POST", "/api/v2/exports/inventory/run", None).await;
+    let l = line(&r.body, "pg");
+    assert_eq!((l["synced"].as_str(), l["lastError"]["class"].as_str()), (Some("ExportFailed"), Some("transient")), "{l}");
+    assert_eq!(l["breaker"], "closed", "{l}");
+    let r = gw.request("POST", "/api/v2/exports/inventory/run", None).await;
+    assert_eq!(line(&r.body, "pg")["breaker"], "open", "{}", r.text);
+    // Open: fails fast without trying.
+    let r = gw.request("POST", "/api/v2/exports/inventory/run", None).await;
+    let l = line(&r.body, "pg");
+    assert!(l["lastError"]["message"].as_str().unwrap().contains("circuit breaker open"), "{l}");
+    let metrics = gw.request("GET", "/metrics", None).await.text;
+    assert!(metrics.contains("sluice_sink_breaker_state{sink=\"pg\"} 1"), "{metrics}");
+
+    // The server returns; after the open period the one trial goes through and closes it.
+    pg.start_server();
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let r = gw.request("GET", "/api/v2/exports/inventory", None).await;
+    assert_eq!(line(&r.body, "pg")["breaker"], "half_open", "{}", r.text);
+    let r = gw.request("POST", "/api/v2/exports/inventory/run", None).await;
+    let l = line(&r.body, "pg");
+    assert_eq!((l["synced"].as_str(), l["breaker"].as_str()), (Some("Exported"), Some("closed")), "{l}");
+    let want = expected(&gw, "");
+    assert_eq!(want[&1]["name"], "renamed");
+    assert_same(&pg, "inventory", &want);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgres_sink_reaches_only_the_address_in_its_configuration() {
+    let pg = Postgres::start();
+    let gw = TestGateway::start(GatewayOptions { seed: false, ..Default::default() });
+    let rt = gw.gateway.runtime().clone();
+    let sink = rt.load_sink(&component("postgres")).unwrap();
+    let config = |url: &str| SinkConfig {
+        name: "pg".into(),
+        settings: vec![("url".into(), url.into())],
+        secrets: vec![("password".into(), PG_PASSWORD.into())],
+    };
+    let request = ExportRequest {
+        export: "x".into(),
+        cluster: String::new(),
+        generation: 1,
+        checksum: "c".into(),
+        part_index: 0,
+        part_total: 1,
+        item_count: 1,
+        format: "json".into(),
+        payload: br#"{"items":[{"id":1}]}"#.to_vec(),
+    };
+    let t = Duration::from_secs(20);
+    let refused = |e: &sluice::runtime::sinks::SinkCallError| e.class() == ErrorClass::Terminal && e.to_string().contains("host refused");
+    let url = pg.url("postgres");
+    // Allowed: delivered.
+    let ok = rt.sink_export(&sink, &config(&url), &request, Arc::new(NetPolicy::for_urls([url.as_str()], true)), t).await;
+    assert!(ok.is_ok(), "{ok:?}");
+    // Another port than the configured one, loopback without allow_private, metadata: refused by
+    // wasi:sockets before anything is sent.
+    let elsewhere = Arc::new(NetPolicy::for_urls(["postgres://postgres@127.0.0.1:1/postgres"], true));
+    let err = rt.sink_export(&sink, &config(&url), &request, elsewhere, t).await.unwrap_err();
+    assert!(refused(&err), "{err}");
+    let strict = Arc::new(NetPolicy::for_urls([url.as_str()], false));
+    let err = rt.sink_export(&sink, &config(&url), &request, strict, t).await.unwrap_err();
+    assert!(refused(&err), "{err}");
+    let metadata = "postgres://postgres@169.254.169.254:5432/postgres";
+    let err = rt.sink_export(&sink, &config(metadata), &request, Arc::new(NetPolicy::for_urls([metadata], true)), t).await.unwrap_err();
+    assert!(refused(&err), "{err}");
+    // The one allowed delivery is all PostgreSQL has.
+    assert_eq!(pg.psql("SELECT count(*) FROM sluice_exports"), "1");
+}
