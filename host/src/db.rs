@@ -42,7 +42,9 @@ CREATE TABLE IF NOT EXISTS sluice_export_state (
     last_error       VARCHAR,
     pending          BOOLEAN NOT NULL,
     PRIMARY KEY (export, sink)
-);";
+);
+-- The checksum of the generation last attempted (added after the first release of the table).
+ALTER TABLE sluice_export_state ADD COLUMN IF NOT EXISTS attempted_checksum VARCHAR;";
 
 /// Settings for the database, from the `[database]` config section.
 #[derive(Debug, Clone)]

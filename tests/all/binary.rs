@@ -29,7 +29,7 @@ impl Server {
         Self::start_with(dir, &["--insecure-no-tls"], extra)
     }
 
-    fn start_with(dir: &TempDir, transport: &[&str], extra: &[&str]) -> Self {
+    pub(crate) fn start_with(dir: &TempDir, transport: &[&str], extra: &[&str]) -> Self {
         let mut child = Command::new(sluice_bin())
             .current_dir(dir.path())
             .args(["serve", "--db", "fleet.duckdb", "--plugins", "plugins", "--auth-token-file", "token"])

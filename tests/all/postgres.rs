@@ -369,3 +369,135 @@ async fn a_postgres_sink_reaches_only_the_address_in_its_configuration() {
     // The one allowed delivery is all PostgreSQL has.
     assert_eq!(pg.psql("SELECT count(*) FROM sluice_exports"), "1");
 }
+
+/// `psql` holding an ACCESS EXCLUSIVE lock on a table until `release`.
+struct TableLock(std::process::Child);
+
+impl TableLock {
+    fn take(pg: &Postgres, table: &str) -> Self {
+        use std::io::{BufRead as _, Write as _};
+        let mut child = Command::new("psql")
+            .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-p"])
+            .arg(pg.port.to_string())
+            .env("PGPASSWORD", PG_PASSWORD)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.as_mut().unwrap();
+        writeln!(stdin, "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; SELECT 'locked';").unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "locked");
+        Self(child)
+    }
+
+    fn release(mut self) {
+        use std::io::Write as _;
+        writeln!(self.0.stdin.as_mut().unwrap(), "COMMIT;").unwrap();
+        drop(self.0.stdin.take());
+        assert!(self.0.wait().unwrap().success());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_killed_in_the_middle_of_an_export_delivers_it_exactly_once_after_restart() {
+    use crate::binary::{Server, TOKEN};
+    let pg = Postgres::start();
+    let dir = TempDir::new("pg-kill");
+    std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+    std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+    std::fs::write(dir.path().join("pg-password"), PG_PASSWORD).unwrap();
+    let seed = Command::new(crate::common::sluice_bin())
+        .current_dir(dir.path())
+        .args(["demo", "seed", "--db", "fleet.duckdb", "--clusters", "3", "--nodes", "4", "--hours", "1"])
+        .output()
+        .unwrap();
+    assert!(seed.status.success(), "{}", String::from_utf8_lossy(&seed.stderr));
+    let sql = "SELECT node_id, cluster_id, count(*) AS events FROM events GROUP BY ALL";
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        format!(
+            r#"[plugins]
+watch = false
+
+[[sink]]
+name = "pg"
+component = {component:?}
+settings = {{ url = {url:?}, table = "inventory_rows", key = "node_id" }}
+secrets = {{ password = "file:{dir}/pg-password" }}
+allow_private = true
+
+[[export]]
+name = "nodes"
+sql = {sql:?}
+[[export.sink]]
+name = "pg"
+"#,
+            component = component("postgres").display().to_string(),
+            url = pg.url("postgres"),
+            dir = dir.path().display(),
+        ),
+    )
+    .unwrap();
+    pg.psql(
+        "CREATE TABLE inventory_rows (export text NOT NULL, item_key text NOT NULL, cluster text NOT NULL, payload jsonb NOT NULL, \
+         exported_at timestamptz NOT NULL, generation bigint NOT NULL, PRIMARY KEY (export, item_key))",
+    );
+
+    // The export starts and blocks inside its transaction on a lock we hold; then SIGKILL.
+    let lock = TableLock::take(&pg, "inventory_rows");
+    let server = Server::start(&dir, &["--config", "sluice.toml"]);
+    let http = reqwest::Client::new();
+    let expected: Value = http
+        .post(format!("{}/api/v2/sql", server.api))
+        .bearer_auth(TOKEN)
+        .json(&json!({"sql": format!("SELECT count(*) FROM ({sql})")}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let items = expected["rows"][0][0].as_i64().unwrap();
+    assert_eq!(items, 12);
+    let run = tokio::spawn(http.post(format!("{}/api/v2/exports/nodes/run", server.api)).bearer_auth(TOKEN).send());
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sluice' AND wait_event_type = 'Lock'";
+    let started = std::time::Instant::now();
+    while pg.psql(waiting) != "1" {
+        assert!(started.elapsed() < Duration::from_secs(30), "the export never reached PostgreSQL");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(server); // SIGKILL
+    assert!(run.await.unwrap().is_err(), "the killed gateway cannot have answered");
+    lock.release();
+    assert_eq!(pg.psql("SELECT count(*) FROM inventory_rows"), "0", "nothing of the cut-off export was committed");
+
+    // Restarted, the gateway resumes the pending export by itself: every item once.
+    let server = Server::start(&dir, &["--config", "sluice.toml"]);
+    let started = std::time::Instant::now();
+    let status = loop {
+        let s: Value = http.get(format!("{}/api/v2/exports/nodes", server.api)).bearer_auth(TOKEN).send().await.unwrap().json().await.unwrap();
+        if s["sinkExports"][0]["synced"] == "Exported" {
+            break s;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the pending export was not resumed: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status["generation"], 1, "the same data keeps its generation across the restart: {status}");
+    assert_eq!(pg.psql("SELECT count(*), count(DISTINCT item_key), min(generation), max(generation) FROM inventory_rows"), format!("{items}|{items}|1|1"));
+    // Each row is the node's: its events agree with DuckDB.
+    let direct: Value = http
+        .post(format!("{}/api/v2/sql", server.api))
+        .bearer_auth(TOKEN)
+        .json(&json!({"sql": format!("SELECT node_id, events FROM ({sql}) ORDER BY node_id")}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let in_pg = pg.psql("SELECT item_key, payload->>'events' FROM inventory_rows ORDER BY item_key");
+    let want: Vec<String> = direct["rows"].as_array().unwrap().iter().map(|r| format!("{}|{}", r[0].as_str().unwrap(), r[1])).collect();
+    assert_eq!(in_pg.lines().collect::<Vec<_>>(), want);
+}

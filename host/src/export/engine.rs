@@ -285,7 +285,10 @@ impl ExportEngine {
                 .iter()
                 .filter_map(|b| state.get(&(entry.name.clone(), b.name.clone())))
                 .max_by_key(|s| s.generation);
-            let same = last.is_some_and(|s| s.checksum.as_deref() == Some(snapshot.checksum.as_str()))
+            let same = last.is_some_and(|s| {
+                let data = Some(snapshot.checksum.as_str());
+                s.attempted_checksum.as_deref().or(s.checksum.as_deref()) == data
+            })
                 || status.checksum.as_deref() == Some(snapshot.checksum.as_str());
             let g = if same { status.generation.max(last.map_or(0, |s| s.generation)) } else { status.generation.max(last.map_or(0, |s| s.generation)) + 1 };
             status.generation = g;
@@ -373,31 +376,41 @@ impl ExportEngine {
                 Ok(pointer) => vec![pointer],
                 Err(message) => {
                     self.metrics.sink_error(&sink_type, "spill_required");
-                    return self.record_failure(key, previous, meta.generation, "transient", message, &sink.entry.name);
+                    return self.record_failure(key, previous, meta.generation, &snapshot.checksum, "transient", message, &sink.entry.name);
                 }
             },
             Err(SizeError::SpillRequired { .. }) => {
                 let msg = format!("the payload is over {} bytes and {} takes only whole payloads; bind an object-store sink to spill to", entry.max_export_bytes.0, sink.entry.name);
                 self.metrics.sink_error(&sink_type, "spill_required");
-                return self.record_failure(key, previous, meta.generation, "terminal", msg, &sink.entry.name);
+                return self.record_failure(key, previous, meta.generation, &snapshot.checksum, "terminal", msg, &sink.entry.name);
             }
             Err(e @ SizeError::PayloadTooLarge { .. }) => {
                 self.metrics.sink_error(&sink_type, "payload_too_large");
-                return self.record_failure(key, previous, meta.generation, "terminal", e.to_string(), &sink.entry.name);
+                return self.record_failure(key, previous, meta.generation, &snapshot.checksum, "terminal", e.to_string(), &sink.entry.name);
             }
         };
         let config = match sink.config() {
             Ok(c) => c,
             Err(e) => {
                 self.metrics.sink_error(&sink_type, "terminal");
-                return self.record_failure(key, previous, meta.generation, "terminal", format!("{e:#}"), &sink.entry.name);
+                return self.record_failure(key, previous, meta.generation, &snapshot.checksum, "terminal", format!("{e:#}"), &sink.entry.name);
             }
         };
         // In flight: a gateway killed from here on finds this delivery pending when it starts
         // again and resumes it (see `ExportEngine::pending`); sinks are idempotent per generation.
         {
             let prev = previous.clone().unwrap_or_default();
-            self.persist(key.clone(), SinkState { export: key.0.clone(), sink: key.1.clone(), generation: meta.generation, pending: true, ..prev });
+            self.persist(
+                key.clone(),
+                SinkState {
+                    export: key.0.clone(),
+                    sink: key.1.clone(),
+                    generation: meta.generation,
+                    pending: true,
+                    attempted_checksum: Some(snapshot.checksum.clone()),
+                    ..prev
+                },
+            );
         }
         let started = Instant::now();
         let mut last_location = String::new();
@@ -445,7 +458,7 @@ impl ExportEngine {
                         self.metrics.sink_error(&sink_type, reason);
                         attempt += 1;
                         if class != ErrorClass::Transient || attempt >= ATTEMPTS || allowed.is_err() {
-                            return self.record_failure(key, previous, meta.generation, reason, message, &sink.entry.name);
+                            return self.record_failure(key, previous, meta.generation, &snapshot.checksum, reason, message, &sink.entry.name);
                         }
                         tokio::time::sleep(backoff(attempt - 1, RETRY_BASE, Duration::from_secs(30), jitter())).await;
                     }
@@ -462,6 +475,7 @@ impl ExportEngine {
             last_success_micros: Some(now_us),
             last_error: None,
             pending: false,
+            attempted_checksum: Some(snapshot.checksum.clone()),
         };
         self.persist(key, state);
         SinkExportStatus {
@@ -532,6 +546,7 @@ impl ExportEngine {
         key: (String, String),
         previous: Option<SinkState>,
         generation: u64,
+        attempted: &str,
         class: &'static str,
         message: String,
         sink: &str,
@@ -546,6 +561,7 @@ impl ExportEngine {
             last_success_micros: prev.last_success_micros,
             last_error: Some((class.to_owned(), message.clone())),
             pending: true,
+            attempted_checksum: Some(attempted.to_owned()),
         };
         self.persist(key, state);
         SinkExportStatus {

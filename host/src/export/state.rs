@@ -23,6 +23,9 @@ pub struct SinkState {
     pub last_error: Option<(String, String)>,
     /// A delivery is owed (failed or interrupted).
     pub pending: bool,
+    /// The checksum of the generation last attempted: after a restart, the same data keeps its
+    /// generation, so a re-sent delivery carries the same idempotency key.
+    pub attempted_checksum: Option<String>,
 }
 
 /// Every binding's state.
@@ -30,7 +33,7 @@ pub fn load_all(db: &Database) -> anyhow::Result<Vec<SinkState>> {
     let conn = db.writer();
     let mut stmt = conn
         .prepare(
-            "SELECT export, sink, generation, checksum, epoch_us(last_success), last_error_class, last_error, pending \
+            "SELECT export, sink, generation, checksum, epoch_us(last_success), last_error_class, last_error, pending, attempted_checksum \
              FROM sluice_export_state ORDER BY export, sink",
         )
         .context("reading the export state")?;
@@ -46,6 +49,7 @@ pub fn load_all(db: &Database) -> anyhow::Result<Vec<SinkState>> {
                 last_success_micros: r.get(4)?,
                 last_error: class.map(|c| (c, message.unwrap_or_default())),
                 pending: r.get(7)?,
+                attempted_checksum: r.get(8)?,
             })
         })
         .context("reading the export state")?;
@@ -59,9 +63,9 @@ pub fn save(db: &Database, s: &SinkState) -> anyhow::Result<()> {
     let (class, message) = s.last_error.clone().unzip();
     conn.execute(
         "INSERT OR REPLACE INTO sluice_export_state \
-         (export, sink, generation, checksum, last_success, last_error_class, last_error, pending) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        duckdb::params![s.export, s.sink, s.generation, s.checksum, ts, class, message, s.pending],
+         (export, sink, generation, checksum, last_success, last_error_class, last_error, pending, attempted_checksum) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        duckdb::params![s.export, s.sink, s.generation, s.checksum, ts, class, message, s.pending, s.attempted_checksum],
     )
     .with_context(|| format!("saving the state of export {} to sink {}", s.export, s.sink))?;
     Ok(())
@@ -84,6 +88,7 @@ mod tests {
             last_success_micros: Some(1_767_225_600_000_000),
             last_error: None,
             pending: false,
+            attempted_checksum: Some("abc".into()),
         };
         let owed = SinkState {
             export: "nodes".into(),
@@ -93,6 +98,7 @@ mod tests {
             last_success_micros: None,
             last_error: Some(("transient".into(), "connection refused".into())),
             pending: true,
+            attempted_checksum: Some("new".into()),
         };
         {
             let db = Database::open(DbOptions { path: path.clone(), ..Default::default() }).unwrap();
