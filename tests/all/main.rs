@@ -10,6 +10,7 @@ mod common;
 mod front_door;
 mod hostile;
 mod hot_swap;
+mod kafka;
 mod mcp;
 mod otlp;
 mod postgres;
