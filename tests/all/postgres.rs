@@ -401,9 +401,11 @@ impl TableLock {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_gateway_killed_in_the_middle_of_an_export_delivers_it_exactly_once_after_restart() {
+async fn a_gateway_killed_in_the_middle_of_an_export_delivers_it_once_to_postgres_and_again_with_the_same_key_to_kafka() {
     use crate::binary::{Server, TOKEN};
     let pg = Postgres::start();
+    let broker = crate::kafka::Tansu::start().await;
+    broker.create_topic("exports", 1).await;
     let dir = TempDir::new("pg-kill");
     std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
     std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
@@ -422,6 +424,12 @@ async fn a_gateway_killed_in_the_middle_of_an_export_delivers_it_exactly_once_af
 watch = false
 
 [[sink]]
+name = "events"
+component = {kafka:?}
+settings = {{ brokers = {brokers:?}, topic = "exports" }}
+allow_private = true
+
+[[sink]]
 name = "pg"
 component = {component:?}
 settings = {{ url = {url:?}, table = "inventory_rows", key = "node_id" }}
@@ -432,8 +440,12 @@ allow_private = true
 name = "nodes"
 sql = {sql:?}
 [[export.sink]]
+name = "events"
+[[export.sink]]
 name = "pg"
 "#,
+            kafka = component("kafka").display().to_string(),
+            brokers = broker.addr,
             component = component("postgres").display().to_string(),
             url = pg.url("postgres"),
             dir = dir.path().display(),
@@ -445,7 +457,8 @@ name = "pg"
          exported_at timestamptz NOT NULL, generation bigint NOT NULL, PRIMARY KEY (export, item_key))",
     );
 
-    // The export starts and blocks inside its transaction on a lock we hold; then SIGKILL.
+    // The export goes to Kafka, then to PostgreSQL, where it blocks inside its transaction on a
+    // lock we hold; then SIGKILL.
     let lock = TableLock::take(&pg, "inventory_rows");
     let server = Server::start(&dir, &["--config", "sluice.toml"]);
     let http = reqwest::Client::new();
@@ -500,4 +513,16 @@ name = "pg"
     let in_pg = pg.psql("SELECT item_key, payload->>'events' FROM inventory_rows ORDER BY item_key");
     let want: Vec<String> = direct["rows"].as_array().unwrap().iter().map(|r| format!("{}|{}", r[0].as_str().unwrap(), r[1])).collect();
     assert_eq!(in_pg.lines().collect::<Vec<_>>(), want);
+
+    // Kafka got the export before the kill and again after the restart (the state said nothing
+    // of the whole export being done): at least once, both with the same idempotency key.
+    let records = broker.records("exports", 0).await;
+    assert_eq!(records.len(), 2, "{records:?}");
+    for (key, value, headers) in &records {
+        assert_eq!(key, "/nodes");
+        assert_eq!(headers["sluice-idempotency-key"], "nodes/1/0");
+        let envelope: Value = serde_json::from_slice(value).unwrap();
+        assert_eq!(envelope["checksum"], status["checksum"]);
+        assert_eq!(envelope["itemCount"], items);
+    }
 }
