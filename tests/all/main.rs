@@ -8,6 +8,7 @@ mod authoring;
 mod binary;
 mod common;
 mod front_door;
+mod git;
 mod hostile;
 mod hot_swap;
 mod kafka;

@@ -32,6 +32,12 @@ pub fn split_url(url: &str) -> Option<(Scheme, &str, &str)> {
 
 /// Sends one request and returns the answer's status.
 pub fn send(method: Method, url: &str, headers: &[(&str, String)], body: &[u8]) -> Result<u16, SendError> {
+    exchange(method, url, headers, body, 0).map(|(status, _)| status)
+}
+
+/// Sends one request and returns the answer's status and up to `max_body` bytes of its body
+/// (a longer body is an error: the sink asked for less than the server sent).
+pub fn exchange(method: Method, url: &str, headers: &[(&str, String)], body: &[u8], max_body: usize) -> Result<(u16, Vec<u8>), SendError> {
     let (scheme, authority, path) =
         split_url(url).ok_or_else(|| SendError::Invalid(format!("{url:?} is not an http(s) URL")))?;
     let mut fields: Vec<(String, Vec<u8>)> = headers.iter().map(|(k, v)| ((*k).to_owned(), v.clone().into_bytes())).collect();
@@ -61,7 +67,28 @@ pub fn send(method: Method, url: &str, headers: &[(&str, String)], body: &[u8]) 
         .ok_or_else(|| SendError::Unanswered("no answer".into()))?
         .map_err(|()| SendError::Unanswered("no answer".into()))?
         .map_err(unanswered)?;
-    Ok(answer.status())
+    let status = answer.status();
+    let mut received = Vec::new();
+    if max_body > 0 {
+        let incoming = answer.consume().map_err(|()| SendError::Unanswered("the answer has no body".into()))?;
+        {
+            let stream = incoming.stream().map_err(|()| SendError::Unanswered("the answer has no body".into()))?;
+            loop {
+                match stream.blocking_read(64 * 1024) {
+                    Ok(chunk) => {
+                        received.extend_from_slice(&chunk);
+                        if received.len() > max_body {
+                            return Err(SendError::Unanswered(format!("the answer is over {max_body} bytes")));
+                        }
+                    }
+                    Err(wasip2::io::streams::StreamError::Closed) => break,
+                    Err(e) => return Err(SendError::Unanswered(format!("reading the answer: {e:?}"))),
+                }
+            }
+        }
+        wasip2::http::types::IncomingBody::finish(incoming);
+    }
+    Ok((status, received))
 }
 
 /// The addresses of `host` (an IP literal, or a name resolved through `wasi:sockets`, which the
