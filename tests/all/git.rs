@@ -256,6 +256,8 @@ async fn the_git_sink_commits_and_pushes_over_http_and_git_clone_reads_it_back()
                 export("fresh", "SELECT id, name FROM inventory WHERE id < 3", "git-new"),
                 export("badtoken", "SELECT 1 AS id", "git-badtoken"),
                 export("locked", "SELECT 1 AS id", "git-locked"),
+                // Over the cap for a sink that takes whole payloads only, and nothing to spill to.
+                ExportConfigEntry { max_export_bytes: ByteSize(1024), ..export("toobig", "SELECT id, name FROM inventory", "git") },
             ];
         }),
         ..Default::default()
@@ -328,6 +330,15 @@ async fn the_git_sink_commits_and_pushes_over_http_and_git_clone_reads_it_back()
     server.clone("empty.git", &dir.path().join("c"));
     let fresh: Value = serde_json::from_slice(&std::fs::read(dir.path().join("c/exports/fresh.json")).unwrap()).unwrap();
     assert_eq!(fresh["itemCount"], 3);
+
+    // Too big for git and no object store bound: SpillRequired, nothing pushed.
+    let pushes = server.pushes.load(Ordering::SeqCst);
+    let r = gw.request("POST", "/api/v2/exports/toobig/run", None).await;
+    let l = line(&r.body, "git");
+    assert_eq!((l["synced"].as_str(), l["lastError"]["class"].as_str()), (Some("ExportFailed"), Some("terminal")), "{l}");
+    assert!(l["lastError"]["message"].as_str().unwrap().contains("spill"), "{l}");
+    assert_eq!(r.body["condition"], "Degraded");
+    assert_eq!(server.pushes.load(Ordering::SeqCst), pushes);
 
     // 401: terminal, tried once; 403: forbidden.
     let pushes = server.pushes.load(Ordering::SeqCst);

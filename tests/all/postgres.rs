@@ -224,6 +224,13 @@ async fn the_postgres_sink_upserts_prunes_debounces_and_classifies_against_a_rea
                 export("small", "SELECT id, name, cluster_id, value FROM inventory WHERE id < 5", "pg", None),
                 export("badpw", "SELECT 1 AS id", "pg-badpw", None),
                 export("denied", "SELECT 1 AS id", "pg-reader", None),
+                // Over the cap: parts; one item over the cap alone: PayloadTooLarge.
+                ExportConfigEntry { max_export_bytes: ByteSize(2048), ..export("split", INVENTORY_SQL, "pg", None) },
+                ExportConfigEntry {
+                    max_export_bytes: ByteSize(2048),
+                    ..export("huge", "SELECT id, repeat('x', 5000) AS name FROM inventory WHERE id < 2", "pg", None)
+                },
+                export("many", "SELECT i AS id FROM range(2000) t(i)", "pg", None),
             ];
         }),
         ..Default::default()
@@ -258,6 +265,25 @@ async fn the_postgres_sink_upserts_prunes_debounces_and_classifies_against_a_rea
     assert_eq!(r.body["condition"], "Synced", "{}", r.text);
     assert_same(&pg, "small", &expected(&gw, "WHERE id < 5"));
     assert_same(&pg, "inventory", &want);
+
+    // Size policy: split into parts (the last one prunes), or refused whole, never half-reported.
+    let r = gw.request("POST", "/api/v2/exports/split/run", None).await;
+    assert_eq!(r.body["condition"], "Synced", "{}", r.text);
+    let parts: u64 = line(&r.body, "pg")["message"].as_str().unwrap().split(" in ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(parts > 1, "{}", r.text);
+    assert_same(&pg, "split", &expected(&gw, ""));
+    let r = gw.request("POST", "/api/v2/exports/huge/run", None).await;
+    let l = line(&r.body, "pg");
+    assert_eq!((l["synced"].as_str(), l["lastError"]["class"].as_str()), (Some("ExportFailed"), Some("terminal")), "{l}");
+    assert!(l["lastError"]["message"].as_str().unwrap().contains("does not fit the 2048-byte cap"), "{l}");
+    assert!(rows_in_pg(&pg, "huge").is_empty());
+    let metrics = gw.request("GET", "/metrics", None).await.text;
+    assert!(metrics.contains("sluice_sink_errors_total{reason=\"payload_too_large\",sink_type=\"postgres\"} 1"), "{metrics}");
+    // Many items: delivered, with the shard warning in the status.
+    let r = gw.request("POST", "/api/v2/exports/many/run", None).await;
+    assert_eq!(r.body["condition"], "Synced", "{}", r.text);
+    assert!(r.body["warnings"][0].as_str().unwrap().starts_with("ExportShardWarning: 2000 items"), "{}", r.text);
+    assert_eq!(pg.psql("SELECT count(*) FROM inventory_rows WHERE export = 'many'"), "2000");
 
     // Wrong password: terminal, tried once (the server saw one failed authentication).
     let r = gw.request("POST", "/api/v2/exports/badpw/run", None).await;

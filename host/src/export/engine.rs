@@ -90,6 +90,9 @@ pub struct ExportStatus {
     pub checksum: Option<String>,
     pub item_count: Option<usize>,
     pub last_run: Option<String>,
+    /// Warnings of the last run that are not failures: `ExportShardWarning` (many items: shard
+    /// the export, e.g. by cluster) and `ExportSizeWarning` (a payload near the cap).
+    pub warnings: Vec<String>,
     pub sink_exports: Vec<SinkExportStatus>,
 }
 
@@ -180,6 +183,7 @@ impl ExportEngine {
                     checksum: None,
                     item_count: None,
                     last_run: None,
+                    warnings: Vec::new(),
                     sink_exports,
                 };
                 (e.name.clone(), Arc::new(ExportRuntime { entry: e.clone(), running: tokio::sync::Mutex::new(()), status: Mutex::new(status) }))
@@ -295,6 +299,22 @@ impl ExportEngine {
             status.checksum = Some(snapshot.checksum.clone());
             status.item_count = Some(snapshot.items.len());
             status.last_run = Some(rfc3339(SystemTime::now()));
+            status.warnings.clear();
+            if snapshot.items.len() >= super::envelope::SHARD_WARN_ITEMS {
+                status.warnings.push(format!(
+                    "ExportShardWarning: {} items (warning from {}); consider splitting the export, e.g. by cluster",
+                    snapshot.items.len(),
+                    super::envelope::SHARD_WARN_ITEMS
+                ));
+            }
+            let bytes = snapshot.items.iter().map(|i| i.len() + 1).sum::<usize>();
+            if bytes >= super::envelope::SPILL_WARN_BYTES {
+                status.warnings.push(format!(
+                    "ExportSizeWarning: about {bytes} bytes of items (warning from {}); the cap is {}",
+                    super::envelope::SPILL_WARN_BYTES,
+                    entry.max_export_bytes.0
+                ));
+            }
             g
         };
         let exported_at = rfc3339(SystemTime::now());
