@@ -63,6 +63,9 @@ impl Gateway {
             crate::export::engine::ExportEngine::new(runtime.clone(), metrics.clone(), &config.sinks, &config.exports)
                 .context("loading sinks and exports")?,
         );
+        if config.plugins.watch {
+            watchers.extend(exports.watch()?);
+        }
         let limiter = Arc::new(Limiter::new(LimitSettings {
             requests_per_second: config.rate_limit.requests_per_second,
             burst: config.rate_limit.burst,
@@ -151,7 +154,7 @@ pub async fn serve_gateway(config: &Config, gateway: Gateway, audit: AuditLog) -
     println!("sluice listening api={scheme}://{api_addr} health={scheme}://{health_addr}");
     drop(registry);
 
-    spawn_sighup_reload(gateway.runtime().clone());
+    spawn_sighup_reload(gateway.runtime().clone(), gateway.state.exports.clone());
     spawn_export_schedule(&gateway);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let api = serve_on(api_listener, gateway.api(), tls.clone(), stop_rx.clone());
@@ -280,7 +283,7 @@ async fn shutdown_signal() {
     }
 }
 
-fn spawn_sighup_reload(runtime: Arc<Runtime>) {
+fn spawn_sighup_reload(runtime: Arc<Runtime>, exports: Arc<crate::export::engine::ExportEngine>) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("Could not install the SIGHUP handler; reload with POST /api/v2/admin/plugins/reload.");
@@ -288,9 +291,13 @@ fn spawn_sighup_reload(runtime: Arc<Runtime>) {
     };
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading plugins.");
-            let rt = runtime.clone();
-            let _ = tokio::task::spawn_blocking(move || rt.reload()).await;
+            tracing::info!("SIGHUP: reloading plugins and sink components.");
+            let (rt, ex) = (runtime.clone(), exports.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                rt.reload();
+                ex.reload_sinks();
+            })
+            .await;
         }
     });
 }

@@ -552,3 +552,110 @@ name = "pg"
         assert_eq!(envelope["itemCount"], items);
     }
 }
+
+/// The component with a custom section appended: the same behaviour, another digest.
+fn new_version(bytes: &[u8], tag: &str) -> Vec<u8> {
+    let name = b"sluice-test-version";
+    let mut payload = vec![name.len() as u8];
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(tag.as_bytes());
+    let mut out = bytes.to_vec();
+    out.push(0); // custom section
+    let mut n = payload.len();
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        out.push(if n > 0 { b | 0x80 } else { b });
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&payload);
+    out
+}
+
+fn replace_file(path: &std::path::Path, bytes: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sink_component_is_hot_reloaded_and_an_export_in_flight_finishes_on_its_version() {
+    let pg = Postgres::start();
+    pg.psql(
+        "CREATE TABLE inventory_rows (export text NOT NULL, item_key text NOT NULL, cluster text NOT NULL, payload jsonb NOT NULL, \
+         exported_at timestamptz NOT NULL, generation bigint NOT NULL, PRIMARY KEY (export, item_key))",
+    );
+    let secrets = TempDir::new("pg-secrets");
+    let sinks_dir = TempDir::new("pg-sinks");
+    let file = sinks_dir.path().join("pg.wasm");
+    let v1 = std::fs::read(component("postgres")).unwrap();
+    std::fs::write(&file, &v1).unwrap();
+    let mut sink = pg_sink("pg", &pg, "postgres", PG_PASSWORD, &secrets);
+    sink.component = file.clone();
+    let gw = TestGateway::start(GatewayOptions {
+        seed: false,
+        watch: true,
+        configure: Box::new(move |c| {
+            c.sinks = vec![sink];
+            c.exports = vec![export("inventory", INVENTORY_SQL, "pg", None)];
+        }),
+        ..Default::default()
+    });
+    duck(&gw, INVENTORY);
+    let digest = |bytes: &[u8]| crate::common::sha256_hex(bytes);
+    let sink_digest = || async { gw.request("GET", "/api/v2/sinks", None).await.body["sinks"][0]["digest"].as_str().unwrap().to_owned() };
+    assert_eq!(sink_digest().await, digest(&v1));
+
+    // An export blocks in PostgreSQL; meanwhile a new version of the component is installed.
+    let lock = TableLock::take(&pg, "inventory_rows");
+    let gw = Arc::new(gw);
+    let run = tokio::spawn({
+        let gw = gw.clone();
+        async move { gw.request("POST", "/api/v2/exports/inventory/run", None).await }
+    });
+    let started = std::time::Instant::now();
+    while pg.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sluice' AND wait_event_type = 'Lock'") != "1" {
+        assert!(started.elapsed() < Duration::from_secs(30), "the export never reached PostgreSQL");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let v2 = new_version(&v1, "2");
+    replace_file(&file, &v2);
+    let sink_digest = || async { gw.request("GET", "/api/v2/sinks", None).await.body["sinks"][0]["digest"].as_str().unwrap().to_owned() };
+    let started = std::time::Instant::now();
+    while sink_digest().await != digest(&v2) {
+        assert!(started.elapsed() < Duration::from_secs(30), "the new sink component was not loaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!run.is_finished(), "the export is still in flight");
+
+    // The export in flight finishes, on the version it started with.
+    lock.release();
+    let r = run.await.unwrap();
+    assert_eq!(r.body["condition"], "Synced", "{}", r.text);
+    assert_eq!(line(&r.body, "pg")["component"], format!("postgres@0.1.0 sha256:{}", &digest(&v1)[..16]), "{}", r.text);
+    assert_same(&pg, "inventory", &expected(&gw, ""));
+    // The next one runs on the new version.
+    duck(&gw, "UPDATE inventory SET value = 0 WHERE id = 1");
+    let r = gw.request("POST", "/api/v2/exports/inventory/run", None).await;
+    assert_eq!(line(&r.body, "pg")["component"], format!("postgres@0.1.0 sha256:{}", &digest(&v2)[..16]), "{}", r.text);
+    assert_same(&pg, "inventory", &expected(&gw, ""));
+
+    // A broken file never replaces the working version.
+    replace_file(&file, b"not a component");
+    let started = std::time::Instant::now();
+    loop {
+        let metrics = gw.request("GET", "/metrics", None).await.text;
+        if metrics.lines().any(|l| l.starts_with("sluice_plugin_reloads_total") && l.contains("pg.wasm") && l.contains("failed")) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the broken file was not noticed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(sink_digest().await, digest(&v2));
+    duck(&gw, "UPDATE inventory SET value = 1 WHERE id = 1");
+    let r = gw.request("POST", "/api/v2/exports/inventory/run", None).await;
+    assert_eq!(r.body["condition"], "Synced", "{}", r.text);
+    assert_same(&pg, "inventory", &expected(&gw, ""));
+}

@@ -25,15 +25,34 @@ pub const ATTEMPTS: u32 = 3;
 /// First retry delay; doubles, with jitter.
 pub const RETRY_BASE: Duration = Duration::from_millis(200);
 
-/// A configured sink, loaded.
+/// A configured sink, loaded. Its component is swapped when the file changes (hot reload); a
+/// delivery keeps the version it started with.
 pub struct SinkHandle {
     pub entry: SinkConfigEntry,
-    pub loaded: Arc<LoadedSink>,
+    loaded: arc_swap::ArcSwap<LoadedSink>,
     policy: Arc<NetPolicy>,
     breaker: Mutex<Breaker>,
 }
 
 impl SinkHandle {
+    /// The component version in use now.
+    pub fn loaded(&self) -> Arc<LoadedSink> {
+        self.loaded.load_full()
+    }
+
+    /// Loads the component file again when its content changed; a component that fails to
+    /// load leaves the working one in place. `Some(result)` when the file changed.
+    fn reload(&self, runtime: &Runtime) -> Option<anyhow::Result<Arc<LoadedSink>>> {
+        let bytes = std::fs::read(&self.entry.component).ok()?;
+        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        if digest == self.loaded.load().digest {
+            return None;
+        }
+        Some(runtime.load_sink(&self.entry.component).map(|new| {
+            self.loaded.store(new.clone());
+            new
+        }))
+    }
     /// The component's configuration with secrets resolved now (from the environment or files).
     fn config(&self) -> anyhow::Result<SinkConfig> {
         let mut secrets = Vec::new();
@@ -70,6 +89,9 @@ pub struct SinkExportStatus {
     pub last_checksum: Option<String>,
     pub last_error: Option<ErrorStatus>,
     pub breaker: &'static str,
+    /// The component the last delivery ran on: `type@version sha256:<first 16 hex digits>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub component: Option<String>,
 }
 
 /// A classified error, as status shows it.
@@ -132,17 +154,22 @@ impl ExportEngine {
             let policy = Arc::new(NetPolicy::for_urls(urls, entry.allow_private));
             handles.insert(
                 entry.name.clone(),
-                Arc::new(SinkHandle { entry: entry.clone(), loaded, policy, breaker: Mutex::new(Breaker::open_for(entry.breaker_open_for.0)) }),
+                Arc::new(SinkHandle {
+                    entry: entry.clone(),
+                    loaded: arc_swap::ArcSwap::new(loaded),
+                    policy,
+                    breaker: Mutex::new(Breaker::open_for(entry.breaker_open_for.0)),
+                }),
             );
         }
         for e in exports {
             if let Some(spill) = &e.spill_to {
                 let sink = handles.get(spill).with_context(|| format!("export {}: no sink named {spill:?} to spill to", e.name))?;
                 anyhow::ensure!(
-                    sink.loaded.info.capabilities.object_store,
+                    sink.loaded().info.capabilities.object_store,
                     "export {}: sink {spill} ({}) is not an object store and cannot take spills",
                     e.name,
-                    sink.loaded.info.sink_type
+                    sink.loaded().info.sink_type
                 );
             }
         }
@@ -172,6 +199,7 @@ impl ExportEngine {
                                 message: m,
                             }),
                             breaker: "closed",
+                            component: None,
                         }
                     })
                     .collect();
@@ -190,6 +218,49 @@ impl ExportEngine {
             })
             .collect();
         Ok(Self { runtime, metrics, sinks: handles, exports, state: Mutex::new(state) })
+    }
+
+    /// Loads every sink component whose file changed; one that fails to load keeps the working
+    /// version. Deliveries under way finish on the version they started with.
+    pub fn reload_sinks(&self) {
+        for sink in self.sinks.values() {
+            let file = sink.entry.component.display().to_string();
+            match sink.reload(&self.runtime) {
+                None => {}
+                Some(Ok(new)) => {
+                    self.metrics.plugin_reload(&file, true);
+                    tracing::info!(sink = %sink.entry.name, r#type = %new.info.sink_type, version = %new.info.version, digest = %new.digest, "Sink component reloaded.");
+                }
+                Some(Err(e)) => {
+                    self.metrics.plugin_reload(&file, false);
+                    tracing::error!(sink = %sink.entry.name, file, error = %format!("{e:#}"), "Sink component failed to load; the previous version stays in use.");
+                }
+            }
+        }
+    }
+
+    /// Watches the sink components' files and reloads on change, until the returned watcher is
+    /// dropped.
+    pub fn watch(self: &Arc<Self>) -> anyhow::Result<Option<notify::RecommendedWatcher>> {
+        let files: Vec<std::path::PathBuf> = self.sinks.values().map(|s| s.entry.component.clone()).collect();
+        if files.is_empty() {
+            return Ok(None);
+        }
+        let dirs: Vec<std::path::PathBuf> = files.iter().map(|f| crate::watch::parent_dir(f)).collect();
+        let names: Vec<std::ffi::OsString> = files.iter().filter_map(|f| f.file_name().map(ToOwned::to_owned)).collect();
+        let engine = Arc::downgrade(self);
+        crate::watch::watch(
+            "sluice-sink-reloader",
+            &dirs,
+            move |p| p.file_name().is_some_and(|n| names.iter().any(|m| m == n)),
+            crate::runtime::WATCH_DEBOUNCE,
+            move || {
+                let Some(engine) = engine.upgrade() else { return false };
+                engine.reload_sinks();
+                true
+            },
+        )
+        .map(Some)
     }
 
     /// The configured sinks.
@@ -245,9 +316,10 @@ impl ExportEngine {
             Ok(c) => c,
             Err(e) => return (false, started.elapsed(), format!("{e:#}")),
         };
-        let result = self.runtime.sink_probe(&sink.loaded, &config, sink.policy.clone(), sink.entry.timeout.0).await;
+        let loaded = sink.loaded();
+        let result = self.runtime.sink_probe(&loaded, &config, sink.policy.clone(), sink.entry.timeout.0).await;
         let ok = result.is_ok();
-        self.metrics.sink_connection_test(&sink.loaded.info.sink_type, ok);
+        self.metrics.sink_connection_test(&loaded.info.sink_type, ok);
         let detail = match result {
             Ok(d) => d,
             Err(e) => e.to_string(),
@@ -340,7 +412,8 @@ impl ExportEngine {
         Ok(())
     }
 
-    /// Delivers a snapshot to one sink under the policy; records state and metrics.
+    /// Delivers a snapshot to one sink under the policy; records state and metrics. The whole
+    /// delivery (all its parts and retries) runs on the component version loaded when it starts.
     async fn deliver(
         &self,
         entry: &ExportConfigEntry,
@@ -349,9 +422,24 @@ impl ExportEngine {
         snapshot: &Snapshot,
         meta: &EnvelopeMeta<'_>,
     ) -> SinkExportStatus {
+        let loaded = sink.loaded();
+        let mut line = self.deliver_on(&loaded, entry, min_interval, sink, snapshot, meta).await;
+        line.component = Some(format!("{}@{} sha256:{}", loaded.info.sink_type, loaded.info.version, &loaded.digest[..16]));
+        line
+    }
+
+    async fn deliver_on(
+        &self,
+        loaded: &LoadedSink,
+        entry: &ExportConfigEntry,
+        min_interval: Option<Duration>,
+        sink: &SinkHandle,
+        snapshot: &Snapshot,
+        meta: &EnvelopeMeta<'_>,
+    ) -> SinkExportStatus {
         let key = (entry.name.clone(), sink.entry.name.clone());
-        let sink_type = sink.loaded.info.sink_type.clone();
-        let caps = sink.loaded.info.capabilities;
+        let sink_type = loaded.info.sink_type.clone();
+        let caps = loaded.info.capabilities;
         let previous = self.state.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
         let prev_delivered = previous.as_ref().and_then(|p| {
             let at = p.last_success_micros?;
@@ -370,6 +458,7 @@ impl ExportEngine {
             last_checksum: previous.as_ref().and_then(|p| p.checksum.clone()),
             last_error: None,
             breaker: "closed",
+            component: None,
         };
         if let Some(interval) = min_interval
             && previous.as_ref().is_some_and(|p| !p.pending)
@@ -452,7 +541,7 @@ impl ExportEngine {
                 let result = match allowed {
                     Err(open) => Err((ErrorClass::Transient, open.to_string())),
                     Ok(()) => {
-                        let r = self.runtime.sink_export(&sink.loaded, &config, &request, sink.policy.clone(), sink.entry.timeout.0).await;
+                        let r = self.runtime.sink_export(loaded, &config, &request, sink.policy.clone(), sink.entry.timeout.0).await;
                         let outcome = match &r {
                             Ok(_) => Outcome::Success,
                             Err(e) if e.class() == ErrorClass::Transient => Outcome::Transient,
@@ -506,6 +595,7 @@ impl ExportEngine {
             last_checksum: Some(snapshot.checksum.clone()),
             last_error: None,
             breaker: "closed",
+            component: None,
         }
     }
 
@@ -532,12 +622,13 @@ impl ExportEngine {
             format: "json".into(),
             payload: whole.json.as_bytes().to_vec(),
         };
+        let loaded = store.loaded();
         let receipt = self
             .runtime
-            .sink_export(&store.loaded, &config, &request, store.policy.clone(), store.entry.timeout.0)
+            .sink_export(&loaded, &config, &request, store.policy.clone(), store.entry.timeout.0)
             .await
             .map_err(|e| format!("spilling to {name} failed: {e}"))?;
-        self.metrics.export_bytes(&store.loaded.info.sink_type, whole.json.len());
+        self.metrics.export_bytes(&loaded.info.sink_type, whole.json.len());
         let pointer = serde_json::json!({
             "schemaVersion": super::envelope::SCHEMA_VERSION,
             "export": meta.export,
@@ -601,6 +692,7 @@ fn failed(sink: &str, class: &'static str, message: String) -> SinkExportStatus 
         last_checksum: None,
         last_error: Some(ErrorStatus { class, message }),
         breaker: BreakerState::Closed.as_str(),
+        component: None,
     }
 }
 

@@ -80,7 +80,8 @@ pub async fn sinks(State(state): State<AppState>, Extension(caller): Extension<C
         .exports
         .sinks()
         .map(|s| {
-            let i = &s.loaded.info;
+            let loaded = s.loaded();
+            let i = &loaded.info;
             json!({
                 "name": s.entry.name,
                 "type": i.sink_type,
@@ -95,7 +96,7 @@ pub async fn sinks(State(state): State<AppState>, Extension(caller): Extension<C
                 },
                 "formats": i.formats,
                 "allowPrivate": s.entry.allow_private,
-                "digest": s.loaded.digest,
+                "digest": loaded.digest,
             })
         })
         .collect();

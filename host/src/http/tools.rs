@@ -251,8 +251,13 @@ pub async fn plugins(State(state): State<AppState>, Extension(caller): Extension
 ))]
 pub async fn reload(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Result<impl IntoResponse, ApiError> {
     require_admin(&caller)?;
-    let rt = state.runtime.clone();
-    let report = tokio::task::spawn_blocking(move || rt.reload()).await.map_err(|e| {
+    let (rt, exports) = (state.runtime.clone(), state.exports.clone());
+    let report = tokio::task::spawn_blocking(move || {
+        exports.reload_sinks();
+        rt.reload()
+    })
+    .await
+    .map_err(|e| {
         ApiError::ToolBackendFailure { tool: "admin.reload".into(), req_id: caller.req_id.to_string(), detail: e.to_string() }
     })?;
     state.audit.record(
