@@ -20,7 +20,9 @@ use std::str::FromStr as _;
 
 use bytes::Bytes;
 use futures_util::SinkExt as _;
-use serde_json::Value;
+use std::collections::HashMap;
+
+use serde_json::value::RawValue;
 use sha2::{Digest as _, Sha256};
 use sluice::plugin::sink_types::{Capabilities, ErrorClass, Family};
 use tokio_postgres::config::{Host, SslMode};
@@ -133,17 +135,22 @@ fn block_on<T>(f: impl Future<Output = T>) -> Result<T, SinkError> {
     Ok(rt.block_on(f))
 }
 
-/// An item's key: the `key` fields joined with `/`, or the item's SHA-256.
-fn item_key(item: &Value, fields: &[&str], index: usize) -> Result<String, SinkError> {
+/// An item's key: the `key` fields joined with `/`, or the SHA-256 of the item's (canonical)
+/// JSON. Items stay raw JSON text: nothing of a large export is parsed into a tree.
+fn item_key(item: &RawValue, fields: &[&str], index: usize) -> Result<String, SinkError> {
     if fields.is_empty() {
-        return Ok(hex::encode(Sha256::digest(item.to_string().as_bytes())));
+        return Ok(hex::encode(Sha256::digest(item.get().as_bytes())));
     }
+    let object: HashMap<String, &RawValue> =
+        serde_json::from_str(item.get()).map_err(|_| terminal(format!("item {index} is not a JSON object")))?;
     let mut parts = Vec::with_capacity(fields.len());
     for field in fields {
-        match item.get(field) {
-            Some(Value::String(s)) => parts.push(s.clone()),
-            Some(Value::Null) | None => return Err(terminal(format!("item {index} has no value for key field {field:?}"))),
-            Some(v) => parts.push(v.to_string()),
+        match object.get(*field).map(|v| v.get()) {
+            None | Some("null") => return Err(terminal(format!("item {index} has no value for key field {field:?}"))),
+            Some(text) if text.starts_with('"') => {
+                parts.push(serde_json::from_str::<String>(text).map_err(|e| terminal(format!("item {index}: {e}")))?)
+            }
+            Some(text) => parts.push(text.to_owned()),
         }
     }
     Ok(parts.join("/"))
@@ -163,8 +170,9 @@ fn copy_escape(out: &mut Vec<u8>, s: &str) {
 }
 
 #[derive(serde::Deserialize)]
-struct Envelope {
-    items: Vec<Value>,
+struct Envelope<'a> {
+    #[serde(borrow)]
+    items: Vec<&'a RawValue>,
 }
 
 const UPSERT_SET: &str = "ON CONFLICT (export, item_key) DO UPDATE SET cluster = excluded.cluster, payload = excluded.payload, \
@@ -181,7 +189,7 @@ async fn deliver(config: &SinkConfig, request: &ExportRequest) -> Result<Receipt
     // By key; a later item with the same key wins.
     let mut rows = BTreeMap::new();
     for (i, item) in envelope.items.iter().enumerate() {
-        rows.insert(item_key(item, &fields, i)?, item.to_string());
+        rows.insert(item_key(item, &fields, i)?, item.get());
     }
     let generation = i64::try_from(request.generation).map_err(|_| terminal("generation out of range"))?;
 
@@ -225,7 +233,7 @@ async fn deliver(config: &SinkConfig, request: &ExportRequest) -> Result<Receipt
         );
         let statement = tx.prepare(&upsert).await.map_err(|e| classify(e, &upserting))?;
         for (key, payload) in &rows {
-            tx.execute(&statement, &[&request.export, key, &request.cluster, payload, &generation])
+            tx.execute(&statement, &[&request.export, key, &request.cluster, &payload, &generation])
                 .await
                 .map_err(|e| classify(e, &upserting))?;
         }
