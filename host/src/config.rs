@@ -68,6 +68,10 @@ pub struct SinkConfigEntry {
     /// transient failures in a row, before one trial delivery is let through.
     #[serde(default = "default_breaker_open_for")]
     pub breaker_open_for: HumanDuration,
+    /// Run the sink's connection test when the gateway starts (the result shows in
+    /// `GET /api/v2/sinks` as `connection`).
+    #[serde(default)]
+    pub test_on_start: bool,
 }
 
 fn default_breaker_open_for() -> HumanDuration {

@@ -66,6 +66,9 @@ impl Gateway {
         if config.plugins.watch {
             watchers.extend(exports.watch()?);
         }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            exports.test_on_start(&handle);
+        }
         let limiter = Arc::new(Limiter::new(LimitSettings {
             requests_per_second: config.rate_limit.requests_per_second,
             burst: config.rate_limit.burst,

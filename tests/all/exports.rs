@@ -23,6 +23,7 @@ fn sink(name: &str, url: &str) -> SinkConfigEntry {
         allow_private: true,
         timeout: HumanDuration(std::time::Duration::from_secs(10)),
         breaker_open_for: HumanDuration(std::time::Duration::from_secs(30)),
+        test_on_start: false,
     }
 }
 

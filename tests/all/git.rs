@@ -211,6 +211,7 @@ fn git_sink(name: &str, server: &GitServer, repo: &str, token: &str, secrets: &T
         allow_private: true,
         timeout: HumanDuration(Duration::from_secs(30)),
         breaker_open_for: HumanDuration(Duration::from_secs(30)),
+        test_on_start: false,
     }
 }
 

@@ -93,6 +93,7 @@ pub(crate) fn kafka_sink(name: &str, brokers: &str, topic: &str, mode: &str) -> 
         allow_private: true,
         timeout: HumanDuration(Duration::from_secs(20)),
         breaker_open_for: HumanDuration(Duration::from_secs(30)),
+        test_on_start: false,
     }
 }
 
@@ -121,8 +122,8 @@ async fn the_kafka_sink_produces_keyed_records_with_idempotency_keys_to_a_real_b
     broker.create_topic("items", 3).await;
     let sinks = vec![
         kafka_sink("envelopes", &broker.addr, "exports", "envelope"),
-        kafka_sink("items", &broker.addr, "items", "item"),
-        kafka_sink("missing", &broker.addr, "no-such-topic", "envelope"),
+        SinkConfigEntry { test_on_start: true, ..kafka_sink("items", &broker.addr, "items", "item") },
+        SinkConfigEntry { test_on_start: true, ..kafka_sink("missing", &broker.addr, "no-such-topic", "envelope") },
     ];
     let gw = TestGateway::start(GatewayOptions {
         seed: false,
@@ -137,6 +138,25 @@ async fn the_kafka_sink_produces_keyed_records_with_idempotency_keys_to_a_real_b
         ..Default::default()
     });
     let want: Vec<Value> = (0..100).map(|i| json!({"id": i, "name": format!("node-{i}")})).collect();
+
+    // Connection tests at start (where configured): one verified, one not, neither blocks start.
+    let started = Instant::now();
+    let sinks = loop {
+        let s = gw.request("GET", "/api/v2/sinks", None).await.body;
+        let tested = s["sinks"].as_array().unwrap().iter().filter(|s| !s["connection"].is_null()).count();
+        if tested == 2 {
+            break s;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the connection tests at start did not run: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let connection = |name: &str| sinks["sinks"].as_array().unwrap().iter().find(|s| s["name"] == name).unwrap()["connection"].clone();
+    assert_eq!(connection("items")["verified"], true, "{sinks}");
+    assert!(connection("items")["detail"].as_str().unwrap().contains("3 partition(s)"), "{sinks}");
+    assert_eq!(connection("missing")["verified"], false, "{sinks}");
+    assert!(connection("envelopes").is_null());
+    let metrics = gw.request("GET", "/metrics", None).await.text;
+    assert!(metrics.contains("sluice_sink_connection_test_total{result=\"failed\",sink_type=\"kafka\"} 1"), "{metrics}");
 
     let r = gw.request("POST", "/api/v2/exports/inventory/run", None).await;
     assert_eq!(r.body["condition"], "Synced", "{}", r.text);

@@ -146,6 +146,7 @@ pub(crate) fn pg_sink(name: &str, pg: &Postgres, user: &str, password: &str, sec
         allow_private: true,
         timeout: HumanDuration(Duration::from_secs(20)),
         breaker_open_for: HumanDuration(Duration::from_secs(2)),
+        test_on_start: false,
     }
 }
 

@@ -76,6 +76,7 @@ fn s3_sink(name: &str, endpoint: &str, bucket: &str, secrets: &TempDir) -> SinkC
         allow_private: true,
         timeout: HumanDuration(Duration::from_secs(20)),
         breaker_open_for: HumanDuration(Duration::from_secs(30)),
+        test_on_start: false,
     }
 }
 

@@ -32,9 +32,26 @@ pub struct SinkHandle {
     loaded: arc_swap::ArcSwap<LoadedSink>,
     policy: Arc<NetPolicy>,
     breaker: Mutex<Breaker>,
+    /// The last connection test: `ConnectionVerified` true/false, latency, detail, when.
+    connection: Mutex<Option<ConnectionTest>>,
+}
+
+/// A connection test's outcome, as `GET /api/v2/sinks` shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionTest {
+    pub verified: bool,
+    pub latency_ms: u64,
+    pub detail: String,
+    pub at: String,
 }
 
 impl SinkHandle {
+    /// The last connection test, if one ran.
+    pub fn connection(&self) -> Option<ConnectionTest> {
+        self.connection.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// The component version in use now.
     pub fn loaded(&self) -> Arc<LoadedSink> {
         self.loaded.load_full()
@@ -159,6 +176,7 @@ impl ExportEngine {
                     loaded: arc_swap::ArcSwap::new(loaded),
                     policy,
                     breaker: Mutex::new(Breaker::open_for(entry.breaker_open_for.0)),
+                    connection: Mutex::new(None),
                 }),
             );
         }
@@ -324,7 +342,30 @@ impl ExportEngine {
             Ok(d) => d,
             Err(e) => e.to_string(),
         };
-        (ok, started.elapsed(), detail)
+        let latency = started.elapsed();
+        *sink.connection.lock().unwrap_or_else(|p| p.into_inner()) = Some(ConnectionTest {
+            verified: ok,
+            latency_ms: latency.as_millis() as u64,
+            detail: detail.clone(),
+            at: rfc3339(SystemTime::now()),
+        });
+        (ok, latency, detail)
+    }
+
+    /// Runs the connection test of every sink configured with `test_on_start`, in the
+    /// background; a sink that fails it is reported (status, log, metric) and stays configured.
+    pub fn test_on_start(self: &Arc<Self>, handle: &tokio::runtime::Handle) {
+        for sink in self.sinks.values().filter(|s| s.entry.test_on_start) {
+            let (engine, sink) = (self.clone(), sink.clone());
+            handle.spawn(async move {
+                let (ok, latency, detail) = engine.probe(&sink).await;
+                if ok {
+                    tracing::info!(sink = %sink.entry.name, latency_ms = latency.as_millis() as u64, %detail, "Sink connection verified.");
+                } else {
+                    tracing::warn!(sink = %sink.entry.name, %detail, "Sink connection test failed; its exports will fail until it is reachable.");
+                }
+            });
+        }
     }
 
     /// Runs an export now; returns its status afterwards. `None`: no such export.

@@ -97,6 +97,7 @@ pub async fn sinks(State(state): State<AppState>, Extension(caller): Extension<C
                 "formats": i.formats,
                 "allowPrivate": s.entry.allow_private,
                 "digest": loaded.digest,
+                "connection": s.connection(),
             })
         })
         .collect();
