@@ -66,7 +66,7 @@ impl Tansu {
                 ));
                 offset = r.offset + 1;
             }
-            if offset >= high || records.is_empty() && offset >= high {
+            if offset >= high {
                 break;
             }
             if records.is_empty() {

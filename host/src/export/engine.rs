@@ -65,10 +65,7 @@ impl SinkHandle {
         if digest == self.loaded.load().digest {
             return None;
         }
-        Some(runtime.load_sink(&self.entry.component).map(|new| {
-            self.loaded.store(new.clone());
-            new
-        }))
+        Some(runtime.load_sink(&self.entry.component).inspect(|new| self.loaded.store(new.clone())))
     }
     /// The component's configuration with secrets resolved now (from the environment or files).
     fn config(&self) -> anyhow::Result<SinkConfig> {
@@ -526,24 +523,24 @@ impl ExportEngine {
                 Ok(pointer) => vec![pointer],
                 Err(message) => {
                     self.metrics.sink_error(&sink_type, "spill_required");
-                    return self.record_failure(key, previous, meta.generation, &snapshot.checksum, "transient", message, &sink.entry.name);
+                    return self.record_failure(key, previous, meta.generation, &snapshot.checksum, "transient", message);
                 }
             },
             Err(SizeError::SpillRequired { .. }) => {
                 let msg = format!("the payload is over {} bytes and {} takes only whole payloads; bind an object-store sink to spill to", entry.max_export_bytes.0, sink.entry.name);
                 self.metrics.sink_error(&sink_type, "spill_required");
-                return self.record_failure(key, previous, meta.generation, &snapshot.checksum, "terminal", msg, &sink.entry.name);
+                return self.record_failure(key, previous, meta.generation, &snapshot.checksum, "terminal", msg);
             }
             Err(e @ SizeError::PayloadTooLarge { .. }) => {
                 self.metrics.sink_error(&sink_type, "payload_too_large");
-                return self.record_failure(key, previous, meta.generation, &snapshot.checksum, "terminal", e.to_string(), &sink.entry.name);
+                return self.record_failure(key, previous, meta.generation, &snapshot.checksum, "terminal", e.to_string());
             }
         };
         let config = match sink.config() {
             Ok(c) => c,
             Err(e) => {
                 self.metrics.sink_error(&sink_type, "terminal");
-                return self.record_failure(key, previous, meta.generation, &snapshot.checksum, "terminal", format!("{e:#}"), &sink.entry.name);
+                return self.record_failure(key, previous, meta.generation, &snapshot.checksum, "terminal", format!("{e:#}"));
             }
         };
         // In flight: a gateway killed from here on finds this delivery pending when it starts
@@ -608,7 +605,7 @@ impl ExportEngine {
                         self.metrics.sink_error(&sink_type, reason);
                         attempt += 1;
                         if class != ErrorClass::Transient || attempt >= ATTEMPTS || allowed.is_err() {
-                            return self.record_failure(key, previous, meta.generation, &snapshot.checksum, reason, message, &sink.entry.name);
+                            return self.record_failure(key, previous, meta.generation, &snapshot.checksum, reason, message);
                         }
                         tokio::time::sleep(backoff(attempt - 1, RETRY_BASE, Duration::from_secs(30), jitter())).await;
                     }
@@ -701,9 +698,9 @@ impl ExportEngine {
         attempted: &str,
         class: &'static str,
         message: String,
-        sink: &str,
     ) -> SinkExportStatus {
-        tracing::warn!(export = %key.0, sink, class, error = %message, "Export to a sink failed.");
+        let sink = key.1.clone();
+        tracing::warn!(export = %key.0, sink = %sink, class, error = %message, "Export to a sink failed.");
         let prev = previous.unwrap_or_default();
         let state = SinkState {
             export: key.0.clone(),
@@ -719,7 +716,7 @@ impl ExportEngine {
         SinkExportStatus {
             last_export_time: prev.last_success_micros.map(micros_rfc3339),
             last_checksum: prev.checksum,
-            ..failed(sink, class, message)
+            ..failed(&sink, class, message)
         }
     }
 }
