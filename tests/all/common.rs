@@ -310,3 +310,8 @@ pub fn assert_request_id(r: &Reply) -> String {
     assert!(id.len() == 16 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "bad request id {id:?}");
     id
 }
+
+/// One sink's line (`sinkExports[]`) in an export's status.
+pub fn sink_line<'a>(status: &'a Value, sink: &str) -> &'a Value {
+    status["sinkExports"].as_array().unwrap().iter().find(|l| l["sink"] == sink).unwrap()
+}

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use serde_json::{Value, json};
 use sluice::config::{ExportBinding, ExportConfigEntry, HumanDuration, SinkConfigEntry};
 
-use crate::common::{GatewayOptions, TENANT_TOKEN, TempDir, TestGateway, component};
+use crate::common::{sink_line as line, GatewayOptions, TENANT_TOKEN, TempDir, TestGateway, component};
 use crate::sinks::receiver;
 
 const SQL: &str = "SELECT cluster_id, count(*) AS events FROM events GROUP BY cluster_id ORDER BY cluster_id";
@@ -51,10 +51,6 @@ fn options(db_dir: &TempDir, hook: &str, flaky: &str) -> GatewayOptions {
         }),
         ..Default::default()
     }
-}
-
-fn line<'a>(status: &'a Value, sink: &str) -> &'a Value {
-    status["sinkExports"].as_array().unwrap().iter().find(|l| l["sink"] == sink).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sluice::config::{ByteSize, ExportBinding, ExportConfigEntry, HumanDuration, SinkConfigEntry};
 
-use crate::common::{GatewayOptions, TempDir, TestGateway, component};
+use crate::common::{sink_line as line, GatewayOptions, TempDir, TestGateway, component};
 
 type Hook = Box<dyn FnOnce() + Send>;
 
@@ -225,10 +225,6 @@ fn export(name: &str, sql: &str, sink: &str) -> ExportConfigEntry {
         spill_to: None,
         sinks: vec![ExportBinding { name: sink.into(), min_interval: None }],
     }
-}
-
-fn line<'a>(status: &'a Value, sink: &str) -> &'a Value {
-    status["sinkExports"].as_array().unwrap().iter().find(|l| l["sink"] == sink).unwrap()
 }
 
 const INVENTORY: &str = "CREATE OR REPLACE TABLE inventory AS SELECT i AS id, 'node-' || i AS name FROM range(50) t(i)";

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use sluice::config::{ByteSize, ExportBinding, ExportConfigEntry, HumanDuration, SinkConfigEntry};
 use sluice::runtime::sinks::{ErrorClass, ExportRequest, NetPolicy, SinkConfig};
 
-use crate::common::{GatewayOptions, TestGateway, component};
+use crate::common::{sink_line as line, GatewayOptions, TestGateway, component};
 use crate::postgres::free_port;
 
 /// A tansu broker (in-memory storage) on a free loopback port, stopped on drop.
@@ -107,10 +107,6 @@ fn export(name: &str, sql: &str, sinks: &[&str]) -> ExportConfigEntry {
         spill_to: None,
         sinks: sinks.iter().map(|s| ExportBinding { name: (*s).into(), min_interval: None }).collect(),
     }
-}
-
-fn line<'a>(status: &'a Value, sink: &str) -> &'a Value {
-    status["sinkExports"].as_array().unwrap().iter().find(|l| l["sink"] == sink).unwrap()
 }
 
 const SQL: &str = "SELECT i AS id, 'node-' || i AS name FROM range(100) t(i) ORDER BY i";

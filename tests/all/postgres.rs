@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use sluice::config::{ByteSize, ExportBinding, ExportConfigEntry, HumanDuration, SinkConfigEntry};
 use sluice::runtime::sinks::{ErrorClass, ExportRequest, NetPolicy, SinkConfig};
 
-use crate::common::{GatewayOptions, TempDir, TestGateway, component};
+use crate::common::{sink_line as line, GatewayOptions, TempDir, TestGateway, component};
 
 /// A PostgreSQL server of its own, stopped (immediately) on drop.
 pub(crate) struct Postgres {
@@ -200,10 +200,6 @@ fn assert_same(pg: &Postgres, export: &str, want: &BTreeMap<i64, Value>) {
     let want: BTreeMap<String, Value> = want.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
     assert_eq!(got.len(), want.len(), "row count in PostgreSQL");
     assert_eq!(got, want);
-}
-
-fn line<'a>(status: &'a Value, sink: &str) -> &'a Value {
-    status["sinkExports"].as_array().unwrap().iter().find(|l| l["sink"] == sink).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
