@@ -238,7 +238,10 @@ async fn the_git_sink_commits_and_pushes_over_http_and_git_clone_reads_it_back()
     locked.repo("fleet.git", true);
     locked.forbidden.store(true, Ordering::SeqCst);
     let secrets = TempDir::new("git-secrets");
+    let mut forced = git_sink("git-force", &server, "fleet.git", "git-test-token", &secrets);
+    forced.settings.insert("policy".into(), "force_push".into());
     let sinks = vec![
+        forced,
         git_sink("git", &server, "fleet.git", "git-test-token", &secrets),
         git_sink("git-new", &server, "empty.git", "git-test-token", &secrets),
         git_sink("git-badtoken", &server, "fleet.git", "wrong-token", &secrets),
@@ -253,6 +256,7 @@ async fn the_git_sink_commits_and_pushes_over_http_and_git_clone_reads_it_back()
                 export("fresh", "SELECT id, name FROM inventory WHERE id < 3", "git-new"),
                 export("badtoken", "SELECT 1 AS id", "git-badtoken"),
                 export("locked", "SELECT 1 AS id", "git-locked"),
+                export("forced", "SELECT 1 AS id", "git-force"),
                 // Over the cap for a sink that takes whole payloads only, and nothing to spill to.
                 ExportConfigEntry { max_export_bytes: ByteSize(1024), ..export("toobig", "SELECT id, name FROM inventory", "git") },
             ];
@@ -347,6 +351,12 @@ async fn the_git_sink_commits_and_pushes_over_http_and_git_clone_reads_it_back()
     let r = gw.request("POST", "/api/v2/exports/locked/run", None).await;
     let l = line(&r.body, "git-locked");
     assert_eq!(l["lastError"]["class"], "forbidden", "{l}");
+    // A push policy this component does not offer: terminal, nothing pushed.
+    let r = gw.request("POST", "/api/v2/exports/forced/run", None).await;
+    let l = line(&r.body, "git-force");
+    assert_eq!(l["lastError"]["class"], "terminal", "{l}");
+    assert!(l["lastError"]["message"].as_str().unwrap().contains("force_push"), "{l}");
+    assert_eq!(server.pushes.load(Ordering::SeqCst), pushes);
 
     // The connection test reads the branch.
     let t = gw.request("POST", "/api/v2/sinks/git/test", None).await;

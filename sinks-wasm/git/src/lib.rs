@@ -9,7 +9,8 @@
 //! clean tree (the file already holds this content) is a no-op. The file is the export envelope
 //! without `exportedAt`, pretty-printed, so unchanged data gives an unchanged file.
 //!
-//! Settings: `url` (`https://host/owner/repo.git`), `branch` (default `main`), `path` (default
+//! Settings: `url` (`https://host/owner/repo.git`), `branch` (default `main`), `policy` (`commit`,
+//! the only one offered), `path` (default
 //! `exports/{export}.json`), `author_name` (default `Sluice`), `author_email` (default
 //! `sluice@localhost`), `username` (default `x-access-token`). Secrets: `token` (HTTP basic
 //! authentication with `username`). TLS is done by the host.
@@ -203,6 +204,10 @@ fn content(request: &ExportRequest) -> Result<(Vec<u8>, u64), SinkError> {
 fn deliver(config: &SinkConfig, request: &ExportRequest) -> Result<Receipt, SinkError> {
     let remote = Remote::of(config)?;
     let branch = branch(config)?;
+    match get(&config.settings, "policy").unwrap_or("commit") {
+        "commit" => {}
+        other => return Err(terminal(format!("push policy {other:?} is not supported: this component pushes with `commit` only"))),
+    }
     let path = file_path(config, &request.export)?;
     let path: Vec<&str> = path.iter().map(String::as_str).collect();
     let (text, items) = content(request)?;
