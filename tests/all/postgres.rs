@@ -205,12 +205,13 @@ fn assert_same(pg: &Postgres, export: &str, want: &BTreeMap<i64, Value>) {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_postgres_sink_upserts_prunes_debounces_and_classifies_against_a_real_server() {
     let pg = Postgres::start();
-    pg.psql("CREATE ROLE reader LOGIN PASSWORD 'reader-pw'");
+    pg.psql("CREATE ROLE reader LOGIN PASSWORD 'reader-pw'; CREATE ROLE writer LOGIN PASSWORD 'writer-pw'");
     let secrets = TempDir::new("pg-secrets");
     let sinks = vec![
         pg_sink("pg", &pg, "postgres", PG_PASSWORD, &secrets),
         pg_sink("pg-badpw", &pg, "postgres", "not-the-password", &secrets),
         pg_sink("pg-reader", &pg, "reader", "reader-pw", &secrets),
+        pg_sink("pg-writer", &pg, "writer", "writer-pw", &secrets),
     ];
     let gw = TestGateway::start(GatewayOptions {
         seed: false,
@@ -221,6 +222,7 @@ async fn the_postgres_sink_upserts_prunes_debounces_and_classifies_against_a_rea
                 export("small", "SELECT id, name, cluster_id, value FROM inventory WHERE id < 5", "pg", None),
                 export("badpw", "SELECT 1 AS id", "pg-badpw", None),
                 export("denied", "SELECT 1 AS id", "pg-reader", None),
+                export("granted", "SELECT 1 AS id", "pg-writer", None),
                 // Over the cap: parts; one item over the cap alone: PayloadTooLarge.
                 ExportConfigEntry { max_export_bytes: ByteSize(2048), ..export("split", INVENTORY_SQL, "pg", None) },
                 ExportConfigEntry {
@@ -290,11 +292,16 @@ async fn the_postgres_sink_upserts_prunes_debounces_and_classifies_against_a_rea
     assert!(l["lastError"]["message"].as_str().unwrap().contains("authentication"), "{l}");
     assert_eq!(pg.log().matches("password authentication failed").count(), 1, "{}", pg.log());
 
-    // No privilege to create the table: forbidden.
+    // No privilege on the table: forbidden. Granted just what it needs on the existing table
+    // (no CREATE on the schema): delivered.
     let r = gw.request("POST", "/api/v2/exports/denied/run", None).await;
     let l = line(&r.body, "pg-reader");
     assert_eq!(l["lastError"]["class"], "forbidden", "{l}");
     assert!(l["lastError"]["message"].as_str().unwrap().contains("permission denied"), "{l}");
+    pg.psql("GRANT SELECT, INSERT, UPDATE, DELETE ON inventory_rows TO writer");
+    let r = gw.request("POST", "/api/v2/exports/granted/run", None).await;
+    assert_eq!(r.body["condition"], "Synced", "{}", r.text);
+    assert_eq!(pg.psql("SELECT count(*) FROM inventory_rows WHERE export = 'granted'"), "1");
 
     // The connection test.
     let t = gw.request("POST", "/api/v2/sinks/pg/test", None).await;

@@ -198,7 +198,16 @@ async fn deliver(config: &SinkConfig, request: &ExportRequest) -> Result<Receipt
         "CREATE TABLE IF NOT EXISTS {table} (export text NOT NULL, item_key text NOT NULL, cluster text NOT NULL, \
          payload jsonb NOT NULL, exported_at timestamptz NOT NULL, generation bigint NOT NULL, PRIMARY KEY (export, item_key))"
     );
-    client.batch_execute(&create).await.map_err(|e| classify(e, &format!("creating {table}")))?;
+    // Only when missing: a role granted just INSERT, UPDATE, DELETE on an existing table may not
+    // run CREATE TABLE (even IF NOT EXISTS needs CREATE on the schema).
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await
+        .map_err(|e| classify(e, &format!("looking up {table}")))?
+        .get(0);
+    if !exists {
+        client.batch_execute(&create).await.map_err(|e| classify(e, &format!("creating {table}")))?;
+    }
     let tx = client.transaction().await.map_err(|e| classify(e, "BEGIN"))?;
     let upserting = format!("upserting into {table}");
     if rows.len() >= COPY_FROM {
