@@ -315,3 +315,17 @@ pub fn assert_request_id(r: &Reply) -> String {
 pub fn sink_line<'a>(status: &'a Value, sink: &str) -> &'a Value {
     status["sinkExports"].as_array().unwrap().iter().find(|l| l["sink"] == sink).unwrap()
 }
+
+/// Tests that assert latency (hot swap under load) must not share the two cores with tests that
+/// run external servers (PostgreSQL, Kafka): the first take this exclusively, the others share it.
+static CPU: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// For a test that asserts latency: no server-running test runs meanwhile.
+pub fn exclusive_cpu() -> std::sync::RwLockWriteGuard<'static, ()> {
+    CPU.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// For a test that runs external servers (take it once per test).
+pub fn shared_cpu() -> std::sync::RwLockReadGuard<'static, ()> {
+    CPU.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

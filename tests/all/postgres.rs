@@ -204,6 +204,7 @@ fn assert_same(pg: &Postgres, export: &str, want: &BTreeMap<i64, Value>) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_postgres_sink_upserts_prunes_debounces_and_classifies_against_a_real_server() {
+    let _cpu = crate::common::shared_cpu();
     let pg = Postgres::start();
     pg.psql("CREATE ROLE reader LOGIN PASSWORD 'reader-pw'; CREATE ROLE writer LOGIN PASSWORD 'writer-pw'");
     let secrets = TempDir::new("pg-secrets");
@@ -313,6 +314,7 @@ async fn the_postgres_sink_upserts_prunes_debounces_and_classifies_against_a_rea
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_breaker_opens_while_postgres_is_down_and_the_half_open_trial_delivers_when_it_returns() {
+    let _cpu = crate::common::shared_cpu();
     let pg = Postgres::start();
     let secrets = TempDir::new("pg-secrets");
     let sinks = vec![pg_sink("pg", &pg, "postgres", PG_PASSWORD, &secrets)];
@@ -359,6 +361,7 @@ async fn the_breaker_opens_while_postgres_is_down_and_the_half_open_trial_delive
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_postgres_sink_reaches_only_the_address_in_its_configuration() {
+    let _cpu = crate::common::shared_cpu();
     let pg = Postgres::start();
     let gw = TestGateway::start(GatewayOptions { seed: false, ..Default::default() });
     let rt = gw.gateway.runtime().clone();
@@ -432,6 +435,7 @@ impl TableLock {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gateway_killed_in_the_middle_of_an_export_delivers_it_once_to_postgres_and_again_with_the_same_key_to_kafka() {
+    let _cpu = crate::common::shared_cpu();
     use crate::binary::{Server, TOKEN};
     let pg = Postgres::start();
     let broker = crate::kafka::Tansu::start().await;
@@ -586,6 +590,7 @@ fn replace_file(path: &std::path::Path, bytes: &[u8]) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sink_component_is_hot_reloaded_and_an_export_in_flight_finishes_on_its_version() {
+    let _cpu = crate::common::shared_cpu();
     let pg = Postgres::start();
     pg.psql(
         "CREATE TABLE inventory_rows (export text NOT NULL, item_key text NOT NULL, cluster text NOT NULL, payload jsonb NOT NULL, \
