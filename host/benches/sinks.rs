@@ -32,89 +32,10 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+#[path = "../../tests/support/pg_server.rs"]
+mod pg_server;
 
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0")
-}
-
-/// A throwaway PostgreSQL server (as the tests start one).
-struct Postgres {
-    bin: PathBuf,
-    data: PathBuf,
-    port: u16,
-}
-
-impl Postgres {
-    fn as_postgres(&self, program: &str) -> Command {
-        let program = self.bin.join(program);
-        if is_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(program);
-            c
-        } else {
-            Command::new(program)
-        }
-    }
-
-    fn start(dir: &Path) -> Self {
-        let mut bins: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-            .expect("PostgreSQL is not installed")
-            .filter_map(|e| Some(e.ok()?.path().join("bin")))
-            .filter(|p| p.join("initdb").exists())
-            .collect();
-        bins.sort();
-        std::fs::create_dir_all(dir).unwrap();
-        std::fs::write(dir.join("pwfile"), PASSWORD).unwrap();
-        if is_root() {
-            assert!(Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir).status().unwrap().success());
-        }
-        let pg = Self { bin: bins.pop().expect("no initdb"), data: dir.join("data"), port: free_port() };
-        let ok = pg
-            .as_postgres("initdb")
-            .arg("-D")
-            .arg(&pg.data)
-            .args(["-A", "scram-sha-256", "-U", "postgres", "--no-sync"])
-            .arg(format!("--pwfile={}", dir.join("pwfile").display()))
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(ok.success(), "initdb failed");
-        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", pg.port, dir.display());
-        let ok = pg
-            .as_postgres("pg_ctl")
-            .args(["-w", "-D"])
-            .arg(&pg.data)
-            .args(["-o", &options, "-l"])
-            .arg(dir.join("server.log"))
-            .arg("start")
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(ok.success(), "pg_ctl start failed");
-        pg
-    }
-
-    fn psql(&self, sql: &str) -> String {
-        let out = Command::new("psql")
-            .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-p"])
-            .arg(self.port.to_string())
-            .args(["-c", sql])
-            .env("PGPASSWORD", PASSWORD)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "psql {sql:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let _ = self.as_postgres("pg_ctl").args(["-m", "immediate", "-D"]).arg(&self.data).arg("stop").stdout(Stdio::null()).status();
-    }
-}
+use pg_server::{PgServer, free_port};
 
 struct Tansu(Child);
 
@@ -188,8 +109,9 @@ fn main() {
     println!("sinks: {ITEMS} items, envelope of {} bytes", request.payload.len());
 
     // 1. PostgreSQL.
-    let pg = Postgres::start(&scratch.join("pg"));
-    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port);
+    std::fs::create_dir_all(scratch.join("pg")).unwrap();
+    let pg = PgServer::start(&scratch.join("pg"), PASSWORD);
+    let url = pg.url("postgres");
     let sink = runtime.load_sink(&root().join("dist/sinks/postgres.wasm")).expect("dist/sinks/postgres.wasm: run `scripts/dev build`");
     let pg_config = SinkConfig {
         name: "bench".into(),

@@ -318,14 +318,14 @@ pub fn sink_line<'a>(status: &'a Value, sink: &str) -> &'a Value {
 
 /// Tests that assert latency (hot swap under load) must not share the two cores with tests that
 /// run external servers (PostgreSQL, Kafka): the first take this exclusively, the others share it.
-static CPU: std::sync::RwLock<()> = std::sync::RwLock::new(());
+static CPU: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 /// For a test that asserts latency: no server-running test runs meanwhile.
-pub fn exclusive_cpu() -> std::sync::RwLockWriteGuard<'static, ()> {
-    CPU.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+pub async fn exclusive_cpu() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    CPU.write().await
 }
 
-/// For a test that runs external servers (take it once per test).
-pub fn shared_cpu() -> std::sync::RwLockReadGuard<'static, ()> {
-    CPU.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+/// For a test that runs external servers.
+pub async fn shared_cpu() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    CPU.read().await
 }

@@ -231,7 +231,7 @@ const INVENTORY: &str = "CREATE OR REPLACE TABLE inventory AS SELECT i AS id, 'n
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_git_sink_commits_and_pushes_over_http_and_git_clone_reads_it_back() {
-    let _cpu = crate::common::shared_cpu();
+    let _cpu = crate::common::shared_cpu().await;
     let server = GitServer::start("git-test-token");
     let bare = server.repo("fleet.git", true);
     server.repo("empty.git", false);

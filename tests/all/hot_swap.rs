@@ -27,7 +27,7 @@ struct Answer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn swaps_twenty_versions_under_load_without_a_failed_call_or_a_broken_version_serving() {
     // The 1 s swap bound is about this gateway, not about servers other tests run beside it.
-    let _cpu = crate::common::exclusive_cpu();
+    let _cpu = crate::common::exclusive_cpu().await;
     let first = versioned_component("test.versioned", "1.0.0");
     let first_path = std::env::temp_dir().join(format!("sluice-versioned-{}.wasm", std::process::id()));
     std::fs::write(&first_path, &first).unwrap();

@@ -15,7 +15,7 @@ use sluice::config::{ByteSize, ExportBinding, ExportConfigEntry, HumanDuration, 
 use sluice::runtime::sinks::{ErrorClass, ExportRequest, NetPolicy, SinkConfig};
 
 use crate::common::{sink_line as line, GatewayOptions, TestGateway, component};
-use crate::postgres::free_port;
+use crate::pg_server::free_port;
 
 /// A tansu broker (in-memory storage) on a free loopback port, stopped on drop.
 pub(crate) struct Tansu {
@@ -113,7 +113,7 @@ const SQL: &str = "SELECT i AS id, 'node-' || i AS name FROM range(100) t(i) ORD
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_kafka_sink_produces_keyed_records_with_idempotency_keys_to_a_real_broker() {
-    let _cpu = crate::common::shared_cpu();
+    let _cpu = crate::common::shared_cpu().await;
     let broker = Tansu::start().await;
     broker.create_topic("exports", 1).await;
     broker.create_topic("items", 3).await;
@@ -216,7 +216,7 @@ async fn the_kafka_sink_produces_keyed_records_with_idempotency_keys_to_a_real_b
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_kafka_sink_reaches_only_the_brokers_in_its_configuration() {
-    let _cpu = crate::common::shared_cpu();
+    let _cpu = crate::common::shared_cpu().await;
     let broker = Tansu::start().await;
     broker.create_topic("exports", 1).await;
     let gw = TestGateway::start(GatewayOptions { seed: false, ..Default::default() });

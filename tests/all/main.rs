@@ -14,6 +14,8 @@ mod hot_swap;
 mod kafka;
 mod mcp;
 mod otlp;
+#[path = "../support/pg_server.rs"]
+mod pg_server;
 mod postgres;
 mod registry;
 mod s3;

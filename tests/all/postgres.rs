@@ -4,7 +4,6 @@
 //! the socket allow-list, and a gateway killed with SIGKILL in the middle of an export.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,12 +13,14 @@ use sluice::config::{ByteSize, ExportBinding, ExportConfigEntry, HumanDuration, 
 use sluice::runtime::sinks::{ErrorClass, ExportRequest, NetPolicy, SinkConfig};
 
 use crate::common::{sink_line as line, GatewayOptions, TempDir, TestGateway, component};
+use crate::pg_server::PgServer;
 
-/// A PostgreSQL server of its own, stopped (immediately) on drop.
+
+/// A PostgreSQL server of its own in a scratch directory, stopped (immediately) on drop.
 pub(crate) struct Postgres {
-    dir: TempDir,
-    bin: PathBuf,
-    pub(crate) port: u16,
+    // (dropped first: the server stops before its directory goes)
+    server: PgServer,
+    _dir: TempDir,
 }
 
 pub(crate) const PG_PASSWORD: &str = "pg-test-password";
@@ -27,107 +28,17 @@ pub(crate) const PG_PASSWORD: &str = "pg-test-password";
 impl Postgres {
     /// initdb (SCRAM authentication, a superuser `postgres`) and start on a free port.
     pub(crate) fn start() -> Self {
-        let bin = std::env::var_os("SLUICE_PG_BIN").map(PathBuf::from).unwrap_or_else(|| {
-            let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-                .expect("PostgreSQL is not installed (Debian's `postgresql`; .ci/run installs it)")
-                .filter_map(|e| Some(e.ok()?.path().join("bin")))
-                .filter(|p| p.join("initdb").exists())
-                .collect();
-            found.sort();
-            found.pop().expect("no /usr/lib/postgresql/<version>/bin/initdb")
-        });
         let dir = TempDir::new("pg");
-        let pwfile = dir.path().join("pwfile");
-        std::fs::write(&pwfile, format!("{PG_PASSWORD}\n")).unwrap();
-        if is_root() {
-            let ok = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status().unwrap();
-            assert!(ok.success(), "chown to the postgres user failed");
-        }
-        let pg = Self { port: free_port(), dir, bin };
-        let out = pg
-            .as_postgres("initdb")
-            .args(["-D"])
-            .arg(pg.data())
-            .args(["-A", "scram-sha-256", "-U", "postgres", "--no-sync"])
-            .arg(format!("--pwfile={}", pwfile.display()))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
-        pg.start_server();
-        pg
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    /// The server's log (for what it refused).
-    pub(crate) fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-    }
-
-    /// A command run as the `postgres` user when we are root (the server refuses root).
-    fn as_postgres(&self, program: &str) -> Command {
-        let program = self.bin.join(program);
-        if is_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(program);
-            c
-        } else {
-            Command::new(program)
-        }
-    }
-
-    pub(crate) fn start_server(&self) {
-        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, self.dir.path().display());
-        let out = self
-            .as_postgres("pg_ctl")
-            .args(["-w", "-t", "60", "-D"])
-            .arg(self.data())
-            .args(["-o", &options, "-l"])
-            .arg(self.dir.path().join("server.log"))
-            .arg("start")
-            .stdout(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "pg_ctl start failed: {}\n{}", String::from_utf8_lossy(&out.stderr), self.log());
-    }
-
-    pub(crate) fn stop_server(&self, mode: &str) {
-        let _ = self.as_postgres("pg_ctl").args(["-w", "-m", mode, "-D"]).arg(self.data()).arg("stop").stdout(Stdio::null()).output();
-    }
-
-    /// `postgres://user@127.0.0.1:port/postgres`.
-    pub(crate) fn url(&self, user: &str) -> String {
-        format!("postgres://{user}@127.0.0.1:{}/postgres", self.port)
-    }
-
-    /// Runs SQL with `psql` as the superuser; its unaligned, tuples-only output.
-    pub(crate) fn psql(&self, sql: &str) -> String {
-        let out = Command::new("psql")
-            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-p"])
-            .arg(self.port.to_string())
-            .args(["-c", sql])
-            .env("PGPASSWORD", PG_PASSWORD)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "psql {sql:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap().trim_end().to_owned()
+        Self { server: PgServer::start(dir.path(), PG_PASSWORD), _dir: dir }
     }
 }
 
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        self.stop_server("immediate");
+impl std::ops::Deref for Postgres {
+    type Target = PgServer;
+
+    fn deref(&self) -> &PgServer {
+        &self.server
     }
-}
-
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0")
-}
-
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A `[[sink]]` for the postgres sink as `user`, with its password in a file.
@@ -204,7 +115,7 @@ fn assert_same(pg: &Postgres, export: &str, want: &BTreeMap<i64, Value>) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_postgres_sink_upserts_prunes_debounces_and_classifies_against_a_real_server() {
-    let _cpu = crate::common::shared_cpu();
+    let _cpu = crate::common::shared_cpu().await;
     let pg = Postgres::start();
     pg.psql("CREATE ROLE reader LOGIN PASSWORD 'reader-pw'; CREATE ROLE writer LOGIN PASSWORD 'writer-pw'");
     let secrets = TempDir::new("pg-secrets");
@@ -314,7 +225,7 @@ async fn the_postgres_sink_upserts_prunes_debounces_and_classifies_against_a_rea
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_breaker_opens_while_postgres_is_down_and_the_half_open_trial_delivers_when_it_returns() {
-    let _cpu = crate::common::shared_cpu();
+    let _cpu = crate::common::shared_cpu().await;
     let pg = Postgres::start();
     let secrets = TempDir::new("pg-secrets");
     let sinks = vec![pg_sink("pg", &pg, "postgres", PG_PASSWORD, &secrets)];
@@ -361,7 +272,7 @@ async fn the_breaker_opens_while_postgres_is_down_and_the_half_open_trial_delive
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_postgres_sink_reaches_only_the_address_in_its_configuration() {
-    let _cpu = crate::common::shared_cpu();
+    let _cpu = crate::common::shared_cpu().await;
     let pg = Postgres::start();
     let gw = TestGateway::start(GatewayOptions { seed: false, ..Default::default() });
     let rt = gw.gateway.runtime().clone();
@@ -409,10 +320,8 @@ struct TableLock(std::process::Child);
 impl TableLock {
     fn take(pg: &Postgres, table: &str) -> Self {
         use std::io::{BufRead as _, Write as _};
-        let mut child = Command::new("psql")
-            .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-p"])
-            .arg(pg.port.to_string())
-            .env("PGPASSWORD", PG_PASSWORD)
+        let mut child = pg
+            .psql_command()
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -435,7 +344,7 @@ impl TableLock {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gateway_killed_in_the_middle_of_an_export_delivers_it_once_to_postgres_and_again_with_the_same_key_to_kafka() {
-    let _cpu = crate::common::shared_cpu();
+    let _cpu = crate::common::shared_cpu().await;
     use crate::binary::{Server, TOKEN};
     let pg = Postgres::start();
     let broker = crate::kafka::Tansu::start().await;
@@ -590,7 +499,7 @@ fn replace_file(path: &std::path::Path, bytes: &[u8]) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sink_component_is_hot_reloaded_and_an_export_in_flight_finishes_on_its_version() {
-    let _cpu = crate::common::shared_cpu();
+    let _cpu = crate::common::shared_cpu().await;
     let pg = Postgres::start();
     pg.psql(
         "CREATE TABLE inventory_rows (export text NOT NULL, item_key text NOT NULL, cluster text NOT NULL, payload jsonb NOT NULL, \
