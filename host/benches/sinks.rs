@@ -165,7 +165,8 @@ fn main() {
     let url = format!("tcp://{addr}");
     let _broker = Tansu(
         Command::new(tansu_bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .current_dir(&scratch)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://tansu.db"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

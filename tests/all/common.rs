@@ -16,13 +16,9 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
 }
 
-/// The `sluice` binary cargo built next to this test binary.
+/// The `sluice` binary: cargo builds it for this integration test of the `sluice` package.
 pub fn sluice_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let bin = dir.join("sluice");
-    assert!(bin.exists(), "{} not built; run the tests with `scripts/dev test`", bin.display());
-    bin
+    PathBuf::from(env!("CARGO_BIN_EXE_sluice"))
 }
 
 /// A built component: `dist/plugins/<name>.wasm` or `dist/fixtures/<name>.wasm`.

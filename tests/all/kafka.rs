@@ -17,10 +17,12 @@ use sluice::runtime::sinks::{ErrorClass, ExportRequest, NetPolicy, SinkConfig};
 use crate::common::{sink_line as line, GatewayOptions, TestGateway, component};
 use crate::pg_server::free_port;
 
-/// A tansu broker (in-memory storage) on a free loopback port, stopped on drop.
+/// A tansu broker on a free loopback port, its log in SQLite in a scratch directory, stopped on
+/// drop.
 pub(crate) struct Tansu {
     child: Child,
     pub(crate) addr: String,
+    _dir: crate::common::TempDir,
 }
 
 impl Tansu {
@@ -28,8 +30,10 @@ impl Tansu {
         let bin = std::env::var("SLUICE_TANSU").expect("SLUICE_TANSU is not set: run the tests with `scripts/dev test`, which builds tansu");
         let addr = format!("127.0.0.1:{}", free_port());
         let url = format!("tcp://{addr}");
+        let dir = crate::common::TempDir::new("tansu");
         let child = Command::new(bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .current_dir(dir.path())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://tansu.db"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -39,7 +43,7 @@ impl Tansu {
             assert!(Instant::now() < deadline, "tansu did not start within 30 s");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Self { child, addr }
+        Self { child, addr, _dir: dir }
     }
 
     pub(crate) async fn client(&self) -> Client {
