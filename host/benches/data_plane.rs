@@ -92,7 +92,7 @@ fn main() {
         tokio::spawn(async move { axum::serve(listener, service).await.unwrap() });
         (gateway, addr)
     });
-    let db = gateway.runtime().db().clone();
+    let db = gateway.db().clone();
     let http = reqwest::Client::new();
 
     // 1. Ingest.

@@ -46,13 +46,13 @@ fn main() {
     println!("data: {} rows ({} clusters x {} nodes x {} h)", report.rows, seed.clusters, seed.nodes_per_cluster, seed.hours);
 
     let config = PluginsConfig { dir: plugins, cache_dir: scratch.join("cache"), watch: false, ..Default::default() };
-    let rt = Runtime::new(config, db.clone(), Metrics::new()).unwrap();
+    let rt = Runtime::new(config, Metrics::new()).unwrap();
     let registry = rt.registry();
     let trivial = registry.get("test.trivial").unwrap().clone();
     let summary = registry.get("fleet.cluster.summary").unwrap().clone();
     drop(registry);
 
-    trivial_call(&rt, &trivial);
+    trivial_call(&rt, &db, &trivial);
     if std::env::var_os("SLUICE_BENCH_QUICK").is_none() {
         summary_throughput(&rt, &summary, &db);
     }
@@ -69,8 +69,8 @@ thread_local! {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
 }
 
-fn call(rt: &Runtime, tool: &Arc<LoadedTool>, args: &str) -> String {
-    EXEC.with(|e| e.block_on(rt.call_until(tool.clone(), ctx(), args, Instant::now() + Duration::from_secs(30))))
+fn call(rt: &Runtime, db: &Database, tool: &Arc<LoadedTool>, args: &str) -> String {
+    EXEC.with(|e| e.block_on(rt.call_until(db, tool.clone(), ctx(), args, Instant::now() + Duration::from_secs(30))))
         .unwrap()
         .json
 }
@@ -80,16 +80,16 @@ fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples[((samples.len() - 1) as f64 * p).round() as usize]
 }
 
-fn trivial_call(rt: &Runtime, tool: &Arc<LoadedTool>) {
+fn trivial_call(rt: &Runtime, db: &Database, tool: &Arc<LoadedTool>) {
     const N: usize = 20_000;
     let args = "{}";
     for _ in 0..1000 {
-        call(rt, tool, args);
+        call(rt, db, tool, args);
     }
     let mut wasm: Vec<Duration> = (0..N)
         .map(|_| {
             let t = Instant::now();
-            std::hint::black_box(call(rt, tool, args));
+            std::hint::black_box(call(rt, db, tool, args));
             t.elapsed()
         })
         .collect();
@@ -139,7 +139,7 @@ fn summary_throughput(rt: &Runtime, tool: &Arc<LoadedTool>, db: &Database) {
         json!({ "rows": rows }).to_string()
     };
     // Same answer both ways, or the comparison means nothing.
-    let a: Json = serde_json::from_str(&call(rt, tool, "{}")).unwrap();
+    let a: Json = serde_json::from_str(&call(rt, db, tool, "{}")).unwrap();
     let b: Json = serde_json::from_str(&native_call()).unwrap();
     assert_eq!(a, b, "component and native answers differ");
     let rows = a["rows"].as_array().unwrap().len();
@@ -148,7 +148,7 @@ fn summary_throughput(rt: &Runtime, tool: &Arc<LoadedTool>, db: &Database) {
     let (mut wasm_rate, mut native_rate) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         wasm_rate.push(rate(PER_ROUND, || {
-            std::hint::black_box(call(rt, tool, "{}"));
+            std::hint::black_box(call(rt, db, tool, "{}"));
         }));
         native_rate.push(rate(PER_ROUND, || {
             std::hint::black_box(native_call());

@@ -26,12 +26,14 @@ const TEMPLATE_CRATE_NAME: &str = "sluice-tool-template";
 const TEMPLATE_PDK_PATH: &str = "../../plugins/pdk";
 
 /// The sink template's files, as shipped in `examples/sink-template` (whose `wit` links to the
-/// project's WIT; a new sink crate gets a copy of it).
+/// project's WIT; a new sink crate gets a copy of it, the contract to read). Its bindings come
+/// from the sink kit `sluice-sink-common`, a path dependency like `sluice-pdk` for tools.
 const SINK_CARGO_TOML: &str = include_str!("../../examples/sink-template/Cargo.toml");
 const SINK_LIB_RS: &str = include_str!("../../examples/sink-template/src/lib.rs");
 const SINK_README: &str = include_str!("../../examples/sink-template/README.md");
 const TEMPLATE_SINK_TYPE: &str = "example-hook";
 const TEMPLATE_SINK_CRATE: &str = "sluice-sink-template";
+const TEMPLATE_KIT_PATH: &str = "../../sinks-wasm/common";
 /// The WIT package, for new sink crates.
 const WIT_FILES: [(&str, &str); 4] = [
     ("log.wit", include_str!("../../wit/log.wit")),
@@ -40,9 +42,9 @@ const WIT_FILES: [(&str, &str); 4] = [
     ("tool.wit", include_str!("../../wit/tool.wit")),
 ];
 
-/// Creates a sink crate for sink type `name` in `dir` (default: `./<name>`); returns the
-/// directory. The crate carries its own copy of the WIT package.
-pub fn new_sink(name: &str, dir: Option<&Path>) -> anyhow::Result<PathBuf> {
+/// Creates a sink crate for sink type `name` in `dir` (default: `./<name>`), depending on the
+/// sink kit at `kit`; returns the directory. The crate carries a copy of the WIT package.
+pub fn new_sink(name: &str, dir: Option<&Path>, kit: &Path) -> anyhow::Result<PathBuf> {
     if !crate::runtime::sinks::is_valid_sink_type(name) {
         let mut suggestion: String = name
             .to_ascii_lowercase()
@@ -65,11 +67,17 @@ pub fn new_sink(name: &str, dir: Option<&Path>) -> anyhow::Result<PathBuf> {
     if dir.exists() && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
         bail!("{} already exists and is not empty; choose another name or pass --dir", dir.display());
     }
-    let cargo_toml = SINK_CARGO_TOML.replacen(
-        &format!("name = \"{TEMPLATE_SINK_CRATE}\""),
-        &format!("name = \"{}\"", name.replace('_', "-")),
-        1,
-    );
+    let kit = kit.canonicalize().with_context(|| {
+        format!(
+            "the sink kit sluice-sink-common is not at {}; pass --sink-kit <dir> (sinks-wasm/common in the Sluice \
+             sources) or set SLUICE_SINK_KIT",
+            kit.display()
+        )
+    })?;
+    anyhow::ensure!(kit.join("Cargo.toml").is_file(), "{} has no Cargo.toml: it is not the sink kit", kit.display());
+    let cargo_toml = SINK_CARGO_TOML
+        .replacen(&format!("name = \"{TEMPLATE_SINK_CRATE}\""), &format!("name = \"{}\"", name.replace('_', "-")), 1)
+        .replacen(&format!("path = \"{TEMPLATE_KIT_PATH}\""), &format!("path = {}", toml_string(&kit.to_string_lossy())), 1);
     let lib_rs = SINK_LIB_RS.replace(TEMPLATE_SINK_TYPE, name);
     let readme = SINK_README.replace(TEMPLATE_SINK_TYPE, name);
     std::fs::create_dir_all(dir.join("src")).with_context(|| format!("creating {}", dir.display()))?;
@@ -95,6 +103,12 @@ pub const TARGET: &str = "wasm32-wasip2";
 /// this binary was built from.
 pub fn default_pdk_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/pdk")
+}
+
+/// Where the sink kit is found when neither `--sink-kit` nor `SLUICE_SINK_KIT` says: next to
+/// the sources this binary was built from.
+pub fn default_sink_kit_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../sinks-wasm/common")
 }
 
 /// A valid tool name close to `name`, for error messages.

@@ -3,7 +3,9 @@
 //!
 //! - [`db`]: the DuckDB database and its read-only query path.
 //! - [`runtime`]: the wasmtime engine, the hot-swappable tool registry and tool calls.
-//! - [`http`]: the API and health routers.
+//! - [`calls`]: the application layer: one tool call from any transport (find, validate, scope,
+//!   call, audit).
+//! - [`http`]: the API and health routers, thin adapters over [`calls`].
 //! - [`auth`], [`ratelimit`], [`drain`], [`audit`]: the front door.
 //! - [`serve`]: wiring it together for `sluice serve`.
 //! - [`demo`]: synthetic fleet data.
@@ -11,6 +13,8 @@
 pub mod audit;
 pub mod authoring;
 pub mod auth;
+pub mod caller;
+pub mod calls;
 pub mod config;
 pub mod db;
 pub mod demo;
@@ -21,6 +25,7 @@ pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod ratelimit;
+pub mod reload;
 pub mod runtime;
 pub mod serve;
 pub mod tls;

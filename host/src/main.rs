@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
@@ -13,6 +13,42 @@ use sluice::config::Config;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log format on stderr: `text` (colours only on a terminal) or `json` (one object per
+    /// line). Default: `[log] format` of the configuration, else text.
+    #[arg(long, global = true, env = "SLUICE_LOG_FORMAT", value_enum)]
+    log_format: Option<sluice::config::LogFormat>,
+}
+
+impl Cli {
+    /// The log format: the flag, else the configuration file's `[log] format` (a file that does
+    /// not load is reported by the command itself), else text.
+    fn log_format(&self) -> sluice::config::LogFormat {
+        let config = match &self.command {
+            Command::Serve(a) => a.common.config.as_ref(),
+            Command::Call(a) | Command::Plugin(PluginCommand::Call(a)) => a.common.config.as_ref(),
+            Command::Export(ExportCommand::Run { common, .. }) => common.config.as_ref(),
+            Command::Dev(a) => a.config.as_ref(),
+            _ => None,
+        };
+        self.log_format
+            .or_else(|| Config::load(config?).ok().map(|c| c.log.format))
+            .unwrap_or_default()
+    }
+}
+
+/// Logs to stderr in `format`, filtered by `SLUICE_LOG` (default `info`). Text has colours only
+/// on a terminal, so a log written to a file or a pipe (systemd, Kubernetes) is plain text.
+fn init_logging(format: sluice::config::LogFormat) {
+    use std::io::IsTerminal as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        sluice::config::LogFormat::Json => logs.json().init(),
+        sluice::config::LogFormat::Text => {
+            let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+            logs.with_ansi(std::io::stderr().is_terminal() && !no_color).init()
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -59,9 +95,12 @@ enum PluginCommand {
         /// Directory to create (default: ./<crate name>).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// The sluice-pdk crate (plugins/pdk in the Sluice sources).
+        /// The sluice-pdk crate (plugins/pdk in the Sluice sources), for a tool.
         #[arg(long, env = "SLUICE_PDK")]
         pdk: Option<PathBuf>,
+        /// The sink kit sluice-sink-common (sinks-wasm/common in the Sluice sources), for a sink.
+        #[arg(long, env = "SLUICE_SINK_KIT")]
+        sink_kit: Option<PathBuf>,
     },
     /// Build a plugin crate for wasm32-wasip2; print the component's path, size and digest.
     Build {
@@ -198,13 +237,9 @@ fn load_config(common: &Common) -> anyhow::Result<Config> {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    init_logging(cli.log_format());
+    match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sluice: {e:#}");
@@ -264,13 +299,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Call(a) | Command::Plugin(PluginCommand::Call(a)) => call(a),
-        Command::Plugin(PluginCommand::New { kind: PluginKind::Sink, name, dir, .. }) => {
-            let dir = sluice::authoring::new_sink(&name, dir.as_deref())?;
+        Command::Plugin(PluginCommand::New { kind: PluginKind::Sink, name, dir, sink_kit, .. }) => {
+            let kit = sink_kit.unwrap_or_else(sluice::authoring::default_sink_kit_dir);
+            let dir = sluice::authoring::new_sink(&name, dir.as_deref(), &kit)?;
             println!("Created {} (sink type {name}). Next:", dir.display());
             println!("  cd {} && sluice plugin build", dir.display());
             Ok(())
         }
-        Command::Plugin(PluginCommand::New { kind: PluginKind::Tool, name, dir, pdk }) => {
+        Command::Plugin(PluginCommand::New { kind: PluginKind::Tool, name, dir, pdk, .. }) => {
             let pdk = pdk.unwrap_or_else(sluice::authoring::default_pdk_dir);
             let dir = sluice::authoring::new_tool(&name, dir.as_deref(), &pdk)?;
             println!("Created {} (tool {name}). Next:", dir.display());
@@ -292,14 +328,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let db = sluice::db::Database::open(config.database.to_options())?;
                 let mut plugins = config.plugins.clone();
                 plugins.watch = false;
-                let runtime = sluice::runtime::Runtime::without_plugins(plugins, db, sluice::metrics::Metrics::new())?;
-                let engine = sluice::export::engine::ExportEngine::new(runtime, sluice::metrics::Metrics::new(), &config.sinks, &config.exports)?;
+                let runtime = sluice::runtime::Runtime::without_plugins(plugins, sluice::metrics::Metrics::new())?;
+                let engine = sluice::export::engine::ExportEngine::new(runtime, db, sluice::metrics::Metrics::new(), &config.sinks, &config.exports)?;
                 let status = engine.run(&name).await.with_context(|| {
                     let names: Vec<String> = engine.statuses().into_iter().map(|s| s.name).collect();
                     format!("no export {name:?} in the configuration; there are: {}", names.join(", "))
                 })??;
                 println!("{}", serde_json::to_string_pretty(&status)?);
-                anyhow::ensure!(status.condition != "Degraded", "export {name} is degraded: see lastError above");
+                anyhow::ensure!(status.condition != sluice::export::status::Condition::Degraded, "export {name} is degraded: see lastError above");
                 Ok(())
             })
         }
@@ -345,15 +381,14 @@ fn tempdir(what: &str) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// A runtime over a scratch database that loads no plugins directory.
+/// A runtime with a scratch compile cache that loads no plugins directory.
 fn standalone_runtime(scratch: &std::path::Path) -> anyhow::Result<std::sync::Arc<sluice::runtime::Runtime>> {
-    let db = sluice::db::Database::open(sluice::db::DbOptions { path: scratch.join("scratch.duckdb"), ..Default::default() })?;
     let plugins = sluice::config::PluginsConfig {
         cache_dir: scratch.join("cache"),
         watch: false,
         ..Default::default()
     };
-    sluice::runtime::Runtime::without_plugins(plugins, db, sluice::metrics::Metrics::new())
+    sluice::runtime::Runtime::without_plugins(plugins, sluice::metrics::Metrics::new())
 }
 
 /// `sluice call` / `sluice plugin call`.
@@ -364,11 +399,11 @@ fn call(a: CallArgs) -> anyhow::Result<()> {
     let target = PathBuf::from(&a.name);
     let tool = if target.is_dir() || a.name.ends_with(".wasm") {
         let file = if target.is_dir() { sluice::authoring::build(&target)?.path } else { target };
-        let rt = sluice::runtime::Runtime::without_plugins(config.plugins.clone(), db, sluice::metrics::Metrics::new())?;
+        let rt = sluice::runtime::Runtime::without_plugins(config.plugins.clone(), sluice::metrics::Metrics::new())?;
         let tool = rt.load_file(&file).with_context(|| format!("loading {}", file.display()))?;
         (rt, tool)
     } else {
-        let rt = sluice::runtime::Runtime::new(config.plugins.clone(), db, sluice::metrics::Metrics::new())?;
+        let rt = sluice::runtime::Runtime::new(config.plugins.clone(), sluice::metrics::Metrics::new())?;
         let registry = rt.registry();
         let tool = registry.get(&a.name).cloned().with_context(|| {
             let names: Vec<&str> = registry.tools().map(|t| t.name.as_str()).collect();
@@ -384,12 +419,23 @@ fn call(a: CallArgs) -> anyhow::Result<()> {
     };
     let (rt, tool) = tool;
     let args: serde_json::Value = serde_json::from_str(&a.args).context("--args is not valid JSON")?;
-    if let Some(err) = tool.validate_args(&args) {
-        anyhow::bail!("--args does not match the input schema of {} at {:?}: {}", tool.name, err.0, err.1);
-    }
-    let ctx = sluice::runtime::CallContext { request_id: "0000000000000000".into(), allowed_clusters: vec![] };
-    let deadline = Instant::now() + tool.deadline.min(Duration::from_secs(3600));
-    let out = rt.call_blocking(tool, ctx, &args.to_string(), deadline)?;
-    println!("{}", out.json);
+    // The same application layer as REST and MCP, as the local operator, audited where the
+    // configuration says.
+    let audit = sluice::serve::audit_log(&config)?;
+    let calls = sluice::calls::Calls { runtime: &rt, db: &db, audit: &audit };
+    let caller = sluice::caller::Caller::local();
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(calls.call_loaded(&caller, tool, args, sluice::calls::Via::Cli));
+    audit.flush();
+    let out = result.map_err(|f| match f {
+        sluice::calls::CallFailure::InvalidArgs { message, path } => anyhow::anyhow!("--args: {message} (at {path:?})"),
+        // The operator at the console sees what the audit log has.
+        sluice::calls::CallFailure::Backend { tool, detail } => anyhow::anyhow!("{tool} failed: {detail}"),
+        other => anyhow::anyhow!(other),
+    })?;
+    println!("{}", out.result.get());
     Ok(())
 }

@@ -10,7 +10,8 @@ use prometheus::{
     exponential_buckets,
 };
 
-use crate::runtime::CallError;
+/// The outcome label values of `sluice_plugin_calls_total`.
+pub const PLUGIN_CALL_OUTCOMES: [&str; 6] = ["ok", "tool_error", "timeout", "trap", "busy", "cancelled"];
 
 /// Method label values; [`method_index`] maps a request's method to one of them.
 const METHODS: [&str; 8] = ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "other"];
@@ -255,16 +256,10 @@ impl Metrics {
         }
     }
 
-    /// Records one tool call.
-    pub fn plugin_call(&self, plugin: &str, elapsed: Duration, error: Option<&CallError>) {
-        let outcome = match error {
-            None => "ok",
-            Some(CallError::Tool(_)) => "tool_error",
-            Some(CallError::Timeout(_)) => "timeout",
-            Some(CallError::Trap(_)) => "trap",
-            Some(CallError::Busy) => "busy",
-            Some(CallError::Cancelled) => "cancelled",
-        };
+    /// Records one tool call and how it ended: `ok`, `tool_error`, `timeout`, `trap`, `busy` or
+    /// `cancelled` (see [`PLUGIN_CALL_OUTCOMES`]).
+    pub fn plugin_call(&self, plugin: &str, elapsed: Duration, outcome: &'static str) {
+        debug_assert!(PLUGIN_CALL_OUTCOMES.contains(&outcome), "unknown outcome {outcome}");
         self.plugin_calls.with_label_values(&[plugin, outcome]).inc();
         self.plugin_duration.with_label_values(&[plugin]).observe(elapsed.as_secs_f64());
     }

@@ -53,18 +53,15 @@ impl Gateway {
         let db = Database::open(config.database.to_options())?;
         let metrics = Metrics::new();
         let auth = AuthStore::new(auth, config.auth.rotation_grace.0, audit.clone())?;
-        let runtime = Runtime::new(config.plugins.clone(), db, metrics.clone())?;
+        let runtime = Runtime::new(config.plugins.clone(), metrics.clone())?;
         let mut watchers = Vec::new();
-        if config.plugins.watch {
-            watchers.push(runtime.watch()?);
-        }
         watchers.extend(auth.watch()?);
         let exports = Arc::new(
-            crate::export::engine::ExportEngine::new(runtime.clone(), metrics.clone(), &config.sinks, &config.exports)
+            crate::export::engine::ExportEngine::new(runtime.clone(), db.clone(), metrics.clone(), &config.sinks, &config.exports)
                 .context("loading sinks and exports")?,
         );
         if config.plugins.watch {
-            watchers.extend(exports.watch()?);
+            watchers.push(crate::reload::watch(&runtime, &exports)?);
         }
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             exports.test_on_start(&handle);
@@ -76,6 +73,7 @@ impl Gateway {
             max_in_flight: config.limits.max_in_flight,
         }));
         let state = AppState::new(crate::http::AppInner {
+            db,
             runtime,
             metrics,
             auth,
@@ -83,6 +81,7 @@ impl Gateway {
             drain: Arc::new(Drain::default()),
             audit,
             max_body: config.server.max_body.0,
+            max_header_bytes: config.server.max_header_bytes.0,
             ingest: config.ingest.clone(),
             mcp_shutdown: tokio_util::sync::CancellationToken::new(),
             exports,
@@ -98,6 +97,11 @@ impl Gateway {
     /// The runtime.
     pub fn runtime(&self) -> &Arc<Runtime> {
         &self.state.runtime
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Database {
+        &self.state.db
     }
 }
 
@@ -163,7 +167,7 @@ pub async fn serve_gateway(config: &Config, gateway: Gateway, audit: AuditLog) -
     let api = serve_on(api_listener, gateway.api(), tls.clone(), stop_rx.clone());
     let health = serve_on(health_listener, health_router(gateway.state.drain.clone()), tls, stop_rx);
     let deadline = config.drain.shutdown_deadline.0;
-    let (drain, runtime) = (gateway.state.drain.clone(), gateway.runtime().clone());
+    let (drain, runtime, db) = (gateway.state.drain.clone(), gateway.runtime().clone(), gateway.db().clone());
     let mcp_shutdown = gateway.state.mcp_shutdown.clone();
     let signal = async move {
         shutdown_signal().await;
@@ -177,6 +181,7 @@ pub async fn serve_gateway(config: &Config, gateway: Gateway, audit: AuditLog) -
         if !clean {
             tracing::warn!(in_flight = drain.in_flight(), "Shutdown deadline reached; cancelling plugin calls and DuckDB queries.");
             runtime.cancel_all();
+            db.interrupt_all();
             drain.wait_idle(CANCEL_GRACE).await;
         }
         audit.record(AuditEvent::new("drain_end").with("clean", clean).with("in_flight", drain.in_flight()));
@@ -201,7 +206,7 @@ fn spawn_export_schedule(gateway: &Gateway) {
         tokio::spawn(async move {
             tracing::info!(export = %name, "Resuming an export left pending.");
             match engine.run(&name).await {
-                Some(Ok(status)) => tracing::info!(export = %name, condition = status.condition, generation = status.generation, "Export ran."),
+                Some(Ok(status)) => tracing::info!(export = %name, condition = status.condition.as_str(), generation = status.generation, "Export ran."),
                 Some(Err(e)) => tracing::warn!(export = %name, error = %format!("{e:#}"), "Export failed."),
                 None => {}
             }
@@ -218,7 +223,7 @@ fn spawn_export_schedule(gateway: &Gateway) {
                     return;
                 }
                 match engine.run(&name).await {
-                    Some(Ok(status)) => tracing::info!(export = %name, condition = status.condition, generation = status.generation, "Export ran."),
+                    Some(Ok(status)) => tracing::info!(export = %name, condition = status.condition.as_str(), generation = status.generation, "Export ran."),
                     Some(Err(e)) => tracing::warn!(export = %name, error = %format!("{e:#}"), "Export failed."),
                     None => return,
                 }
@@ -296,11 +301,7 @@ fn spawn_sighup_reload(runtime: Arc<Runtime>, exports: Arc<crate::export::engine
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading plugins and sink components.");
             let (rt, ex) = (runtime.clone(), exports.clone());
-            let _ = tokio::task::spawn_blocking(move || {
-                rt.reload();
-                ex.reload_sinks();
-            })
-            .await;
+            let _ = tokio::task::spawn_blocking(move || crate::reload::reload(&rt, &ex)).await;
         }
     });
 }

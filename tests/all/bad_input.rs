@@ -96,3 +96,71 @@ async fn every_response_has_a_request_id_and_ids_differ() {
         assert!(t["description"].as_str().is_some_and(|d| d.len() > 10));
     }
 }
+
+#[tokio::test]
+async fn every_route_limits_bodies_with_the_json_error_mcp_included() {
+    let gw = gateway(); // max_body 64 KiB
+    let pad = "x".repeat(100 << 10);
+    let body = format!("{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\",\"params\":{{\"pad\":\"{pad}\"}}}}");
+    let auth = format!("Bearer {}", crate::common::ADMIN_TOKEN);
+    let len = body.len().to_string();
+    let paths = ["/", "/mcp", "/api/v2/tools/fleet.cluster.summary", "/api/v2/sql"];
+    for path in paths {
+        // Declared: the front door refuses it before anything reads it.
+        let declared = [
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+            ("content-length", len.as_str()),
+        ];
+        let r = gw.request_raw("POST", path, &declared, body.clone().into_bytes()).await;
+        r.assert_error(413, "payload_too_large");
+        assert_eq!(r.body["limit_bytes"], 64 << 10, "{path}");
+        // Not declared: the limit holds as the body is read.
+        let r = gw.request_raw("POST", path, &declared[..3], body.clone().into_bytes()).await;
+        r.assert_error(413, "payload_too_large");
+    }
+    // Routes that take no body and public routes are limited too.
+    for path in ["/api/v2/exports/nope/run", "/api/versions"] {
+        let headers = [("authorization", auth.as_str()), ("content-length", len.as_str())];
+        gw.request_raw("POST", path, &headers, body.clone().into_bytes()).await.assert_error(413, "payload_too_large");
+    }
+    // Under the limit, MCP answers as before.
+    let small = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#;
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("host", "127.0.0.1"),
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+    ];
+    let r = gw.request_raw("POST", "/", &headers, small.as_bytes().to_vec()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.text.contains("fleet.cluster.summary"), "{}", r.text);
+}
+
+#[tokio::test]
+async fn oversized_headers_are_431_with_the_json_error() {
+    let gw = gateway();
+    let auth = format!("Bearer {}", crate::common::ADMIN_TOKEN);
+    let big = "x".repeat(100 << 10);
+    for path in ["/api/v2/health", "/api/versions", "/", "/no/such/route"] {
+        let r = gw.request_raw("GET", path, &[("authorization", &auth), ("x-padding", &big)], vec![]).await;
+        r.assert_error(431, "request_header_fields_too_large");
+        assert_eq!(r.body["limit_bytes"], sluice::config::DEFAULT_MAX_HEADER_BYTES, "{path}");
+    }
+    // Many headers add up.
+    let chunk = "y".repeat(2 << 10);
+    let many: Vec<(String, &str)> = (0..40).map(|i| (format!("x-pad-{i}"), chunk.as_str())).collect();
+    let mut headers: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    headers.push(("authorization", &auth));
+    gw.request_raw("GET", "/api/v2/health", &headers, vec![]).await.assert_error(431, "request_header_fields_too_large");
+    // Ordinary large headers (8 KiB, e.g. a long cookie) pass.
+    let fine = "z".repeat(8 << 10);
+    let r = gw.request_raw("GET", "/api/v2/health", &[("authorization", &auth), ("cookie", &fine)], vec![]).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // The OpenAPI document names the answer on every route.
+    let doc = gw.request("GET", "/api/v2/openapi.json", None).await.body;
+    assert_eq!(doc["paths"]["/api/v2/health"]["get"]["responses"]["431"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/ErrorBody", "{}", doc["paths"]["/api/v2/health"]);
+    assert!(doc.to_string().contains("request_header_fields_too_large"));
+}

@@ -311,3 +311,74 @@ async fn serves_https_with_a_certificate_and_reloads_it_on_change() {
     let old = https_client(&first).get(format!("{}/api/v2/whoami", server.api)).send().await;
     assert!(old.is_err(), "the old certificate is no longer served");
 }
+
+/// Runs `sluice serve` with stderr in a file (as under systemd or Kubernetes), makes one tool
+/// call, stops it with SIGTERM, and returns what it wrote on stderr.
+fn served_log(dir: &TempDir, extra: &[&str], env: &[(&str, &str)]) -> String {
+    let log = dir.path().join("stderr.log");
+    let mut child = Command::new(sluice_bin())
+        .current_dir(dir.path())
+        .args(["serve", "--db", "fleet.duckdb", "--plugins", "plugins", "--auth-token-file", "token", "--insecure-no-tls"])
+        .args(["--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("SLUICE_LOG", "info")
+        .env_remove("NO_COLOR")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let api = line.split_whitespace().nth(2).unwrap().trim_start_matches("api=").to_owned();
+    let status = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-H"])
+        .arg(format!("Authorization: Bearer {TOKEN}"))
+        .arg(format!("{api}/api/v2/tools/fleet.cluster.summary"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&status.stdout), "200");
+    signal(&child, "TERM");
+    assert!(child.wait().unwrap().success());
+    std::fs::read_to_string(log).unwrap()
+}
+
+#[test]
+fn logs_to_a_file_are_plain_text_and_json_on_request() {
+    let dir = TempDir::new("logs");
+    std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+    std::fs::copy(component("fleet-cluster-summary"), dir.path().join("plugins/fleet-cluster-summary.wasm")).unwrap();
+    std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+
+    // Text: no terminal, so no colour codes, and a field greps as written.
+    let text = served_log(&dir, &[], &[]);
+    assert!(text.contains("Sluice is serving."), "{text}");
+    assert!(!text.contains('\u{1b}'), "colour codes in a log written to a file:\n{text}");
+    assert!(text.lines().any(|l| l.contains("INFO") && l.contains("tools=1")), "{text}");
+
+    // JSON, by flag, by environment, or by the configuration: every line is one object.
+    std::fs::write(dir.path().join("sluice.toml"), "[log]\nformat = \"json\"\n").unwrap();
+    for (extra, env) in [
+        (&["--log-format", "json"][..], &[][..]),
+        (&[][..], &[("SLUICE_LOG_FORMAT", "json")][..]),
+        (&["--config", "sluice.toml"][..], &[][..]),
+    ] {
+        let json = served_log(&dir, extra, env);
+        let lines: Vec<Value> = json
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        let serving = lines
+            .iter()
+            .find(|l| l["fields"]["message"] == "Sluice is serving.")
+            .unwrap_or_else(|| panic!("no start line in {json}"));
+        assert_eq!(serving["level"], "INFO");
+        assert_eq!(serving["fields"]["tools"], 1);
+        assert!(serving["timestamp"].is_string());
+    }
+    // A format the binary does not know is refused with the choices.
+    let out = Command::new(sluice_bin()).args(["--log-format", "xml", "serve"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("text, json"), "{}", String::from_utf8_lossy(&out.stderr));
+}

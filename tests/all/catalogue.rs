@@ -14,7 +14,7 @@ fn rows(r: &crate::common::Reply) -> Vec<Value> {
 
 /// Per (cluster, node): the average of `metric` over the newest `window_h` hours (all data when `None`).
 fn node_averages(gw: &TestGateway, metric: &str, window_h: Option<i64>) -> BTreeMap<(String, String), f64> {
-    let conn = gw.gateway.runtime().db().writer();
+    let conn = gw.gateway.db().writer();
     let mut stmt = conn
         .prepare(
             "SELECT cluster_id, node_id, avg(value_double) FROM events \
@@ -54,7 +54,7 @@ fn nodes_of(rows: &[Value]) -> BTreeSet<(String, String)> {
 }
 
 fn count(gw: &TestGateway, sql: &str) -> i64 {
-    gw.gateway.runtime().db().writer().query_row(sql, [], |r| r.get(0)).unwrap()
+    gw.gateway.db().writer().query_row(sql, [], |r| r.get(0)).unwrap()
 }
 
 #[tokio::test]
@@ -146,7 +146,7 @@ async fn memfrag_hotspots_and_kernel_launch_summary_equal_direct_sums() {
     let gw = TestGateway::start(GatewayOptions::default().with_catalogue());
     let got = rows(&gw.call("fleet.cluster.memfrag_hotspots", json!({"limit": 1000})).await);
     let direct: BTreeMap<(String, String), (i64, f64)> = {
-        let conn = gw.gateway.runtime().db().writer();
+        let conn = gw.gateway.db().writer();
         let mut stmt = conn
             .prepare(
                 "SELECT node_id, json_extract_string(attributes, '$.command'), count(*), sum(value_double) \
@@ -165,7 +165,7 @@ async fn memfrag_hotspots_and_kernel_launch_summary_equal_direct_sums() {
 
     for (args, window) in [(json!({}), None), (json!({"cluster_id": "cluster-c", "time_window": "1h"}), Some(1))] {
         let got = rows(&gw.call("fleet.cluster.kernel_launch_summary", args.clone()).await);
-        let conn = gw.gateway.runtime().db().writer();
+        let conn = gw.gateway.db().writer();
         let mut stmt = conn
             .prepare(
                 "SELECT node_id, count(*), sum(value_double), min(value_double), max(value_double) FROM events \

@@ -142,3 +142,40 @@ async fn exports_are_delivered_debounced_retried_and_survive_a_restart() {
     assert_eq!(line(&r.body, "flaky")["synced"], "Exported", "the owed delivery is made: {}", r.text);
     assert_eq!(r.body["condition"], "PartiallySynced");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_reload_reports_sink_components_too() {
+    let dir = TempDir::new("reload-sinks");
+    let file = dir.path().join("hook.wasm");
+    std::fs::copy(component("http"), &file).unwrap();
+    let entry = SinkConfigEntry { component: file.clone(), ..sink("hook", "http://127.0.0.1:9/x") };
+    let gw = TestGateway::start(GatewayOptions {
+        seed: false,
+        configure: Box::new(move |c| c.sinks.push(entry)),
+        ..Default::default()
+    });
+    // Nothing changed: no sink in the report.
+    let r = gw.request("POST", "/api/v2/admin/plugins/reload", None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["sinks"], serde_json::json!([]), "{}", r.text);
+    // A broken file: refused, named, and the working version stays.
+    std::fs::write(&file, b"not a component").unwrap();
+    let r = gw.request("POST", "/api/v2/admin/plugins/reload", None).await;
+    let line = &r.body["sinks"][0];
+    assert_eq!((line["sink"].as_str(), line["component"].as_str()), (Some("hook"), None), "{}", r.text);
+    assert!(line["error"].as_str().is_some_and(|e| !e.is_empty()), "{}", r.text);
+    let sinks = gw.request("GET", "/api/v2/sinks", None).await;
+    let http_digest = crate::common::sha256_hex(&std::fs::read(component("http")).unwrap());
+    assert_eq!(sinks.body["sinks"][0]["type"], "http", "the previous version serves on: {}", sinks.text);
+    assert_eq!(sinks.body["sinks"][0]["digest"], http_digest.as_str(), "{}", sinks.text);
+    // A new component loads and is named with its digest.
+    let s3 = std::fs::read(component("s3")).unwrap();
+    std::fs::write(&file, &s3).unwrap();
+    let r = gw.request("POST", "/api/v2/admin/plugins/reload", None).await;
+    let line = &r.body["sinks"][0];
+    assert!(line["error"].is_null(), "{}", r.text);
+    let digest = crate::common::sha256_hex(&s3);
+    assert!(line["component"].as_str().unwrap().ends_with(&format!("sha256:{digest}")), "{}", r.text);
+    let audit = gw.audit_lines("plugin_reload");
+    assert_eq!(audit.last().unwrap()["sinks_reloaded"], 1, "{audit:?}");
+}

@@ -264,9 +264,9 @@ async fn the_git_sink_commits_and_pushes_over_http_and_git_clone_reads_it_back()
         }),
         ..Default::default()
     });
-    gw.gateway.runtime().db().writer().execute_batch(INVENTORY).unwrap();
+    gw.gateway.db().writer().execute_batch(INVENTORY).unwrap();
     let want = |gw: &TestGateway| -> Vec<Value> {
-        let conn = gw.gateway.runtime().db().writer();
+        let conn = gw.gateway.db().writer();
         let mut stmt = conn.prepare("SELECT id, name FROM inventory ORDER BY id").unwrap();
         stmt.query_map([], |r| Ok(json!({"id": r.get::<_, i64>(0)?, "name": r.get::<_, String>(1)?}))).unwrap().map(Result::unwrap).collect()
     };
@@ -314,7 +314,7 @@ async fn the_git_sink_commits_and_pushes_over_http_and_git_clone_reads_it_back()
         git(&seed, &["commit", "--quiet", "-m", "someone else"]);
         git(&seed, &["push", "--quiet", bare_path.to_str().unwrap(), "HEAD:main"]);
     }));
-    gw.gateway.runtime().db().writer().execute_batch("UPDATE inventory SET name = 'renamed' WHERE id = 3").unwrap();
+    gw.gateway.db().writer().execute_batch("UPDATE inventory SET name = 'renamed' WHERE id = 3").unwrap();
     let r = gw.request("POST", "/api/v2/exports/inventory/run", None).await;
     assert_eq!(line(&r.body, "git")["synced"], "Exported", "{}", r.text);
     assert_eq!(server.pushes.load(Ordering::SeqCst), pushes + 2, "one refused push, one accepted");

@@ -5,10 +5,10 @@
 use std::process::Command;
 use std::sync::Arc;
 
-use rmcp_client::ServiceExt as _;
-use rmcp_client::model::{CallToolRequestParams, GetPromptRequestParams, JsonObject};
-use rmcp_client::transport::StreamableHttpClientTransport;
-use rmcp_client::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::ServiceExt as _;
+use rmcp::model::{CallToolRequestParams, GetPromptRequestParams, JsonObject};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::{Value, json};
 
 use crate::binary::{Server, TOKEN};
@@ -18,8 +18,8 @@ use crate::common::{TempDir, component, sluice_bin};
 #[derive(Clone)]
 struct ListWatcher(Arc<tokio::sync::Notify>);
 
-impl rmcp_client::ClientHandler for ListWatcher {
-    async fn on_tool_list_changed(&self, _ctx: rmcp_client::service::NotificationContext<rmcp_client::RoleClient>) {
+impl rmcp::ClientHandler for ListWatcher {
+    async fn on_tool_list_changed(&self, _ctx: rmcp::service::NotificationContext<rmcp::RoleClient>) {
         self.0.notify_one();
     }
 }
@@ -31,7 +31,7 @@ fn object(v: Value) -> JsonObject {
     }
 }
 
-async fn connect(url: &str, token: Option<&str>) -> Result<rmcp_client::service::RunningService<rmcp_client::RoleClient, ()>, String> {
+async fn connect(url: &str, token: Option<&str>) -> Result<rmcp::service::RunningService<rmcp::RoleClient, ()>, String> {
     let mut config = StreamableHttpClientTransportConfig::with_uri(url);
     if let Some(t) = token {
         config = config.auth_header(t);
@@ -208,4 +208,71 @@ async fn mcp_has_sessions_and_event_streams_at_mcp_and_plain_json_at_the_root() 
     let r = http.post(format!("{}/mcp", server.api)).json(&init).send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(r.json::<Value>().await.unwrap()["code"], "missing_bearer");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn closing_a_session_is_200_and_oversized_requests_get_the_json_errors() {
+    let dir = TempDir::new("mcp-close");
+    std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+    std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+    let server = Server::start(&dir, &[]);
+    let http = reqwest::Client::new();
+    let init = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}
+    });
+    let resp = http
+        .post(format!("{}/mcp", server.api))
+        .bearer_auth(TOKEN)
+        .header("accept", "application/json, text/event-stream")
+        .json(&init)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let session = resp.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    drop(resp.text().await);
+    // The official SDKs expect 200 for a session's DELETE.
+    let close = |s: String| http.delete(format!("{}/mcp", server.api)).bearer_auth(TOKEN).header("mcp-session-id", s).send();
+    let r = close(session.clone()).await.unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    // The session is gone.
+    let r = http
+        .post(format!("{}/mcp", server.api))
+        .bearer_auth(TOKEN)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", &session)
+        .json(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error(), "a closed session must not answer: {}", r.status());
+
+    // A 2 MiB JSON-RPC body (over the default 1 MiB server.max_body) at either MCP path.
+    let pad = "x".repeat(2 << 20);
+    for path in ["/", "/mcp"] {
+        let body = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {"pad": pad}});
+        let r = http
+            .post(format!("{}{path}", server.api))
+            .bearer_auth(TOKEN)
+            .header("accept", "application/json, text/event-stream")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 413, "{path}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["code"], "payload_too_large", "{v}");
+    }
+    // A 300 KB header (hyper itself answers a bare 431 past about 408 KiB of request head).
+    let r = http
+        .get(format!("{}/api/v2/health", server.api))
+        .bearer_auth(TOKEN)
+        .header("x-padding", "h".repeat(300_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 431);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["code"], "request_header_fields_too_large", "{v}");
 }

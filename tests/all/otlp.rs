@@ -145,7 +145,7 @@ fn gauge_request(points: &[(&str, Option<&str>, f64)]) -> ExportMetricsServiceRe
 }
 
 fn count(gw: &TestGateway, sql: &str) -> i64 {
-    gw.gateway.runtime().db().writer().query_row(sql, [], |r| r.get(0)).unwrap()
+    gw.gateway.db().writer().query_row(sql, [], |r| r.get(0)).unwrap()
 }
 
 #[tokio::test]

@@ -79,12 +79,12 @@ const INVENTORY: &str = "CREATE OR REPLACE TABLE inventory AS \
 const INVENTORY_SQL: &str = "SELECT id, name, cluster_id, value FROM inventory";
 
 fn duck(gw: &TestGateway, sql: &str) {
-    gw.gateway.runtime().db().writer().execute_batch(sql).unwrap();
+    gw.gateway.db().writer().execute_batch(sql).unwrap();
 }
 
 /// The inventory as the sink should have it: `id → item`.
 fn expected(gw: &TestGateway, filter: &str) -> BTreeMap<i64, Value> {
-    let conn = gw.gateway.runtime().db().writer();
+    let conn = gw.gateway.db().writer();
     let mut stmt = conn.prepare(&format!("SELECT id, name, cluster_id, value FROM inventory {filter}")).unwrap();
     stmt.query_map([], |r| {
         Ok((r.get::<_, i64>(0)?, json!({"id": r.get::<_, i64>(0)?, "name": r.get::<_, String>(1)?, "cluster_id": r.get::<_, String>(2)?, "value": r.get::<_, f64>(3)?})))

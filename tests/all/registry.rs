@@ -18,12 +18,7 @@ fn runtime(dir: &TempDir, configure: impl FnOnce(&mut sluice::config::PluginsCon
     };
     std::fs::create_dir_all(&c.dir).unwrap();
     configure(&mut c);
-    let db = sluice::db::Database::open(sluice::db::DbOptions {
-        path: dir.path().join("db.duckdb"),
-        ..Default::default()
-    })
-    .unwrap();
-    Runtime::new(c, db, Metrics::new()).unwrap()
+    Runtime::new(c, Metrics::new()).unwrap()
 }
 
 fn status(rt: &Runtime, file: &str) -> sluice::runtime::PluginStatus {

@@ -128,7 +128,7 @@ async fn exports_land_in_s3_as_objects_and_parts() {
     assert_eq!(object["checksum"], r.body["checksum"]);
     assert_eq!(object["cluster"], "cluster-a");
     let direct: Vec<Value> = {
-        let conn = gw.gateway.runtime().db().writer();
+        let conn = gw.gateway.db().writer();
         let mut stmt = conn.prepare("SELECT node_id, count(*) FROM events GROUP BY ALL ORDER BY ALL").unwrap();
         stmt.query_map([], |row| Ok(json!({"events": row.get::<_, i64>(1)?, "node_id": row.get::<_, String>(0)?})))
             .unwrap()

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use crate::common::{GatewayOptions, TestGateway};
 
 fn direct_counts(gw: &TestGateway, cluster: Option<&str>) -> BTreeMap<String, (i64, i64, i64, f64)> {
-    let db = gw.gateway.runtime().db();
+    let db = gw.gateway.db();
     let conn = db.writer();
     let mut stmt = conn
         .prepare(
@@ -63,7 +63,7 @@ async fn run_analysis_returns_positional_rows_equal_to_direct_sql() {
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["result"]["columns"], json!(["cluster_id", "n"]));
     let direct: Vec<(String, i64)> = {
-        let conn = gw.gateway.runtime().db().writer();
+        let conn = gw.gateway.db().writer();
         let mut stmt = conn.prepare(sql).unwrap();
         stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
     };
@@ -89,7 +89,7 @@ async fn run_analysis_returns_positional_rows_equal_to_direct_sql() {
 async fn run_analysis_refuses_everything_but_a_select_and_changes_nothing() {
     let gw = TestGateway::start(GatewayOptions::default());
     let count = |gw: &TestGateway| -> i64 {
-        gw.gateway.runtime().db().writer().query_row("SELECT count(*) FROM events", [], |r| r.get(0)).unwrap()
+        gw.gateway.db().writer().query_row("SELECT count(*) FROM events", [], |r| r.get(0)).unwrap()
     };
     let files_before: Vec<_> = std::fs::read_dir(gw.dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     let before = count(&gw);
@@ -126,4 +126,21 @@ async fn tools_list_publishes_both_schemas() {
         r.body["tools"].as_array().unwrap().iter().map(|t| (t["name"].as_str().unwrap().to_owned(), t.clone())).collect();
     assert_eq!(tools["fleet.cluster.run_analysis"]["input_schema"]["required"], json!(["sql"]));
     assert_eq!(tools["fleet.cluster.summary"]["output_schema"]["required"], json!(["rows"]));
+}
+
+#[tokio::test]
+async fn the_guides_name_the_plugin_headers_the_gateway_sends() {
+    let gw = TestGateway::start(GatewayOptions { seed: false, ..Default::default() });
+    let r = gw.call("fleet.cluster.summary", json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let mut named = 0;
+    for guide in ["docs/writing-a-tool.md", "docs/operations.md", "README.md"] {
+        let text = std::fs::read_to_string(crate::common::root().join(guide)).unwrap();
+        // Every `X-…Plugin…` header a guide names in backticks.
+        for header in text.split('`').skip(1).step_by(2).filter(|w| w.starts_with("X-") && w.contains("Plugin")) {
+            named += 1;
+            assert!(r.header(header).is_some_and(|v| !v.is_empty()), "{guide} names {header}, which the gateway does not send");
+        }
+    }
+    assert!(named >= 2, "the guides should name the version and digest headers");
 }

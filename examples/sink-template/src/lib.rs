@@ -1,62 +1,25 @@
 //! A Sluice sink: sends each export envelope to the URL in its `url` setting (POST), with the
 //! `token` secret as a bearer. Answers 2xx: delivered; 408, 429, 5xx or no answer: transient
 //! (retried); 403: forbidden; anything else: terminal.
+//!
+//! `sluice-sink-common` (the sink kit) gives the `sink` world's types and `export_sink!`,
+//! settings, secrets and errors, and one HTTP request over `wasi:http`.
 
-wit_bindgen::generate!({ path: "wit", world: "sink" });
-
-use sluice::plugin::sink_types::{Capabilities, ErrorClass, Family};
-use wasip2::http::outgoing_handler;
-use wasip2::http::types::{ErrorCode, Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
+use sluice_sink_common::HttpMethod as Method;
+use sluice_sink_common::*;
 
 struct Sink;
 
-fn fail(class: ErrorClass, message: impl Into<String>) -> SinkError {
-    SinkError { class, message: message.into() }
-}
-
-fn get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
-}
-
-/// Sends `body` to the configured URL and returns the answer's status.
-fn send(config: &SinkConfig, method: Method, mut headers: Vec<(String, Vec<u8>)>, body: &[u8]) -> Result<u16, SinkError> {
-    let url = get(&config.settings, "url").ok_or_else(|| fail(ErrorClass::Terminal, "the `url` setting is missing"))?;
-    let (scheme, rest) = url.split_once("://").ok_or_else(|| fail(ErrorClass::Terminal, "`url` needs http:// or https://"))?;
-    let (authority, path) = rest.find('/').map_or((rest, "/"), |i| (&rest[..i], &rest[i..]));
-    headers.push(("content-length".into(), body.len().to_string().into_bytes()));
-    if let Some(token) = get(&config.secrets, "token") {
-        headers.push(("authorization".into(), format!("Bearer {token}").into_bytes()));
+/// Sends `body` to the configured URL and returns the answer's status, classified.
+fn send_to(config: &SinkConfig, method: Method, mut headers: Vec<(&str, String)>, body: &[u8]) -> Result<u16, SinkError> {
+    let url = required(config, "url")?;
+    if let Some(token) = secret(config, "token") {
+        headers.push(("authorization", format!("Bearer {token}")));
     }
-    let bad = |what: &str| fail(ErrorClass::Terminal, format!("bad {what} in {url}"));
-    let req = OutgoingRequest::new(Fields::from_list(&headers).map_err(|_| bad("header"))?);
-    req.set_method(&method).map_err(|()| bad("method"))?;
-    req.set_scheme(Some(&if scheme == "https" { Scheme::Https } else { Scheme::Http })).map_err(|()| bad("scheme"))?;
-    req.set_authority(Some(authority)).map_err(|()| bad("host"))?;
-    req.set_path_with_query(Some(path)).map_err(|()| bad("path"))?;
-    let out = req.body().map_err(|()| bad("body"))?;
-    let unanswered = |e: ErrorCode| match e {
-        ErrorCode::HttpRequestDenied => fail(ErrorClass::Terminal, format!("the gateway does not allow {url}")),
-        other => fail(ErrorClass::Transient, format!("no answer from {url}: {other:?}")),
-    };
-    let pending = outgoing_handler::handle(req, None).map_err(unanswered)?;
-    {
-        let stream = out.write().map_err(|()| bad("body"))?;
-        for chunk in body.chunks(4096) {
-            stream.blocking_write_and_flush(chunk).map_err(|e| fail(ErrorClass::Transient, format!("{e:?}")))?;
-        }
-    }
-    OutgoingBody::finish(out, None).map_err(unanswered)?;
-    pending.subscribe().block();
-    let answer = pending.get().and_then(Result::ok).ok_or_else(|| fail(ErrorClass::Transient, "no answer"))?;
-    Ok(answer.map_err(unanswered)?.status())
-}
-
-fn classify(status: u16) -> Result<u16, SinkError> {
-    match status {
-        200..=299 => Ok(status),
-        408 | 429 | 500..=599 => Err(fail(ErrorClass::Transient, format!("HTTP {status}"))),
-        403 => Err(fail(ErrorClass::Forbidden, "HTTP 403")),
-        _ => Err(fail(ErrorClass::Terminal, format!("HTTP {status}"))),
+    let status = send(method, url, &headers, body).map_err(|e| unanswered(e, url))?;
+    match http_status_class(status) {
+        None => Ok(status),
+        Some(class) => Err(error(class, format!("{url} answered HTTP {status}"))),
     }
 }
 
@@ -73,20 +36,21 @@ impl Guest for Sink {
     }
 
     fn probe(config: SinkConfig) -> Result<String, SinkError> {
-        let status = send(&config, Method::Get, Vec::new(), &[])?;
-        classify(status).or_else(|e| if status == 404 || status == 405 { Ok(status) } else { Err(e) })?;
-        Ok(format!("reachable (HTTP {status})"))
+        // Reachable is all a probe asks; many receivers answer GET with 404 or 405.
+        match send_to(&config, Method::Get, Vec::new(), &[]) {
+            Err(e) if e.class == ErrorClass::Terminal && (e.message.ends_with(" 404") || e.message.ends_with(" 405")) => {
+                Ok("reachable".into())
+            }
+            other => other.map(|status| format!("reachable (HTTP {status})")),
+        }
     }
 
     fn export(config: SinkConfig, request: ExportRequest) -> Result<Receipt, SinkError> {
         let key = format!("{}/{}/{}", request.export, request.generation, request.part_index);
-        let headers = vec![
-            ("content-type".into(), b"application/json".to_vec()),
-            ("idempotency-key".into(), key.into_bytes()),
-        ];
-        let status = classify(send(&config, Method::Post, headers, &request.payload)?)?;
-        Ok(Receipt { location: format!("{} (HTTP {status})", get(&config.settings, "url").unwrap_or_default()) })
+        let headers = vec![("content-type", "application/json".to_owned()), ("idempotency-key", key)];
+        let status = send_to(&config, Method::Post, headers, &request.payload)?;
+        Ok(Receipt { location: format!("{} (HTTP {status})", setting(&config, "url").unwrap_or_default()) })
     }
 }
 
-export!(Sink);
+export_sink!(Sink);

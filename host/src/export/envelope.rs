@@ -11,8 +11,8 @@ use sha2::{Digest, Sha256};
 
 /// The envelope's schema version.
 pub const SCHEMA_VERSION: &str = "sluice.export/v1";
-/// Default cap on one payload (1.5 MiB).
-pub const DEFAULT_MAX_EXPORT_BYTES: usize = 1_572_864;
+/// Default cap on one payload (1.5 MiB), as configured.
+pub use crate::config::DEFAULT_MAX_EXPORT_BYTES;
 /// A payload this large is worth a warning (1 MiB).
 pub const SPILL_WARN_BYTES: usize = 1 << 20;
 /// So many items in one export are worth a warning (`ExportShardWarning`).

@@ -27,11 +27,12 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration, unit: f64) -> Durati
 
 /// Consecutive transient failures that open a breaker.
 pub const BREAKER_THRESHOLD: u32 = 5;
-/// How long an open breaker fails calls fast.
-pub const BREAKER_OPEN_FOR: Duration = Duration::from_secs(30);
+/// How long an open breaker fails calls fast, unless configured otherwise.
+pub use crate::config::DEFAULT_BREAKER_OPEN_FOR as BREAKER_OPEN_FOR;
 
 /// The breaker's state, as status and metrics show it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     Closed,
     Open,

@@ -4,7 +4,9 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde_json::Value;
+
+use super::wire::ErrorBody;
 
 /// Every error the API answers with.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +48,9 @@ pub enum ApiError {
     /// 413 `payload_too_large`.
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// 431 `request_header_fields_too_large`: the request's headers together are over the limit.
+    #[error("request headers are larger than {0} bytes in all")]
+    HeadersTooLarge(usize),
     /// 500 `tool_backend_failure`. `detail` is logged, never sent.
     #[error("tool backend failure")]
     ToolBackendFailure { tool: String, req_id: String, detail: String },
@@ -78,6 +83,7 @@ impl ApiError {
             Self::ToolNotFound(_) | Self::NotFound | Self::UnknownName { .. } => StatusCode::NOT_FOUND,
             Self::Gone => StatusCode::GONE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::ToolBackendFailure { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Self::ToolTimeout { .. } | Self::SqlTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -95,6 +101,7 @@ impl ApiError {
             Self::NotFound | Self::UnknownName { .. } => "not_found",
             Self::Gone => "gone",
             Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::HeadersTooLarge(_) => "request_header_fields_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::ToolBackendFailure { .. } => "tool_backend_failure",
             Self::InFlightCap { .. } => "in_flight_cap",
@@ -109,25 +116,54 @@ impl ApiError {
 
     /// The JSON body.
     pub fn body(&self) -> Value {
-        let mut body = json!({ "error": self.to_string(), "code": self.code() });
-        let extra = match self {
-            Self::InvalidArgs { path, .. } => json!({ "path": path }),
-            Self::ToolNotFound(name) | Self::UnknownName { name, .. } => json!({ "name": name }),
-            Self::Gone => json!({
-                "removed_version": "v1",
-                "preferred": "v2",
-                "docs": crate::http::API_VERSIONING_DOCS,
-            }),
-            Self::ToolBackendFailure { tool, req_id, .. } => json!({ "tool": tool, "req_id": req_id }),
-            Self::ToolTimeout { tool, deadline_ms } => json!({ "tool": tool, "deadline_ms": deadline_ms }),
-            Self::RateLimited(secs) => json!({ "retry_after": secs }),
-            Self::SqlTimeout { timeout_ms } => json!({ "timeout_ms": timeout_ms }),
-            _ => Value::Null,
-        };
-        if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
-            b.extend(e);
+        serde_json::to_value(self.error_body()).expect("an error body serialises")
+    }
+
+    /// The body as the OpenAPI document describes it.
+    pub fn error_body(&self) -> ErrorBody {
+        let mut b = ErrorBody { error: self.to_string(), code: self.code(), ..ErrorBody::default() };
+        match self {
+            Self::InvalidArgs { path, .. } => b.path = Some(path.clone()),
+            Self::ToolNotFound(name) | Self::UnknownName { name, .. } => b.name = Some(name.clone()),
+            Self::Gone => {
+                b.removed_version = Some("v1");
+                b.preferred = Some("v2");
+                b.docs = Some(crate::http::API_VERSIONING_DOCS);
+            }
+            Self::ToolBackendFailure { tool, req_id, .. } => {
+                b.tool = Some(tool.clone());
+                b.req_id = Some(req_id.clone());
+            }
+            Self::ToolTimeout { tool, deadline_ms } => {
+                b.tool = Some(tool.clone());
+                b.deadline_ms = Some(*deadline_ms);
+            }
+            Self::RateLimited(secs) => b.retry_after = Some(*secs),
+            Self::SqlTimeout { timeout_ms } => b.timeout_ms = Some(*timeout_ms),
+            Self::PayloadTooLarge(limit) | Self::HeadersTooLarge(limit) => b.limit_bytes = Some(*limit),
+            _ => {}
         }
-        body
+        b
+    }
+
+}
+
+impl ApiError {
+    /// A tool call's failure as REST answers it.
+    pub fn from_call(f: crate::calls::CallFailure, caller: &crate::caller::Caller) -> Self {
+        use crate::calls::CallFailure as F;
+        match f {
+            F::InvalidRequest(m) => Self::InvalidRequest(m),
+            F::TooLarge(n) => Self::PayloadTooLarge(n),
+            F::NotFound(name) => Self::ToolNotFound(name),
+            F::InvalidArgs { message, path } => Self::InvalidArgs { message, path },
+            F::ScopeRefused(m) => Self::TenantScopeRefused(m),
+            F::NotReadOnly(m) => Self::SqlNotReadOnly(m),
+            F::Timeout { tool, deadline } => Self::ToolTimeout { tool, deadline_ms: deadline.as_millis() as u64 },
+            F::Busy => Self::InFlightCap { per_bearer: false },
+            F::ShuttingDown => Self::ShuttingDown,
+            F::Backend { tool, detail } => Self::ToolBackendFailure { tool, req_id: caller.req_id.to_string(), detail },
+        }
     }
 }
 
@@ -160,7 +196,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         // The full text of a backend failure is written to the audit log by the handler that
         // knows the caller; the client only ever gets the scrubbed body.
-        let mut resp = (self.status(), Json(self.body())).into_response();
+        let mut resp = (self.status(), Json(self.error_body())).into_response();
         let h = resp.headers_mut();
         match &self {
             Self::MissingBearer | Self::InvalidBearer => {

@@ -1,13 +1,11 @@
 //! Exports and sinks over the API (unscoped bearers only): status, a run now, the sinks and their
 //! connection test.
 
-use axum::Extension;
 use axum::extract::{Path, State};
 use axum::response::IntoResponse;
 use serde_json::json;
 
-use super::tools::require_admin;
-use super::{ApiError, AppState, Caller, openapi};
+use super::{Admin, ApiError, AppState, wire};
 
 fn unknown(what: &'static str, name: String) -> ApiError {
     ApiError::UnknownName { what, name }
@@ -16,44 +14,41 @@ fn unknown(what: &'static str, name: String) -> ApiError {
 /// `GET /api/v2/exports`: every export's status.
 #[utoipa::path(get, path = "/api/v2/exports", responses(
         (status = 200, description = "`{\"exports\": [status]}`: condition, generation, checksum, and per sink `synced`, `lastExportTime`, `lastChecksum`, `lastError`, `breaker`", body = Object),
-        (status = 403, description = "`tenant_scoped_bearer_refused`", body = openapi::ErrorBody),
-        openapi::FrontDoorErrors,
+        (status = 403, description = "`tenant_scoped_bearer_refused`", body = wire::ErrorBody),
+        wire::FrontDoorErrors,
 ))]
-pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Result<impl IntoResponse, ApiError> {
-    require_admin(&caller)?;
+pub async fn list(State(state): State<AppState>, _: Admin) -> Result<impl IntoResponse, ApiError> {
     Ok(axum::Json(json!({ "exports": state.exports.statuses() })))
 }
 
 /// `GET /api/v2/exports/{name}`: one export's status.
 #[utoipa::path(get, path = "/api/v2/exports/{name}", params(("name" = String, Path, description = "Export name")), responses(
         (status = 200, description = "The export's status", body = Object),
-        (status = 403, description = "`tenant_scoped_bearer_refused`", body = openapi::ErrorBody),
-        (status = 404, description = "`not_found` (with `name`)", body = openapi::ErrorBody),
-        openapi::FrontDoorErrors,
+        (status = 403, description = "`tenant_scoped_bearer_refused`", body = wire::ErrorBody),
+        (status = 404, description = "`not_found` (with `name`)", body = wire::ErrorBody),
+        wire::FrontDoorErrors,
 ))]
 pub async fn show(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    _: Admin,
     Path(name): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    require_admin(&caller)?;
     state.exports.status(&name).map(axum::Json).ok_or_else(|| unknown("export", name))
 }
 
 /// `POST /api/v2/exports/{name}/run`: runs the export now and answers its status.
 #[utoipa::path(post, path = "/api/v2/exports/{name}/run", params(("name" = String, Path, description = "Export name")), responses(
         (status = 200, description = "The export's status after the run (sink failures are in it, not errors)", body = Object),
-        (status = 403, description = "`tenant_scoped_bearer_refused`", body = openapi::ErrorBody),
-        (status = 404, description = "`not_found` (with `name`)", body = openapi::ErrorBody),
-        (status = 500, description = "`tool_backend_failure` with `tool` = `export`: the export's query failed", body = openapi::ErrorBody),
-        openapi::FrontDoorErrors,
+        (status = 403, description = "`tenant_scoped_bearer_refused`", body = wire::ErrorBody),
+        (status = 404, description = "`not_found` (with `name`)", body = wire::ErrorBody),
+        (status = 500, description = "`tool_backend_failure` with `tool` = `export`: the export's query failed", body = wire::ErrorBody),
+        wire::FrontDoorErrors,
 ))]
 pub async fn run(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    Admin(caller): Admin,
     Path(name): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    require_admin(&caller)?;
     let result = state.exports.run(&name).await.ok_or_else(|| unknown("export", name.clone()))?;
     let status = result.map_err(|e| ApiError::ToolBackendFailure {
         tool: "export".into(),
@@ -71,11 +66,10 @@ pub async fn run(
 /// `GET /api/v2/sinks`: the configured sinks.
 #[utoipa::path(get, path = "/api/v2/sinks", responses(
         (status = 200, description = "`{\"sinks\": [{name, type, family, version, capabilities, formats, allowPrivate, digest}]}`", body = Object),
-        (status = 403, description = "`tenant_scoped_bearer_refused`", body = openapi::ErrorBody),
-        openapi::FrontDoorErrors,
+        (status = 403, description = "`tenant_scoped_bearer_refused`", body = wire::ErrorBody),
+        wire::FrontDoorErrors,
 ))]
-pub async fn sinks(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Result<impl IntoResponse, ApiError> {
-    require_admin(&caller)?;
+pub async fn sinks(State(state): State<AppState>, _: Admin) -> Result<impl IntoResponse, ApiError> {
     let sinks: Vec<_> = state
         .exports
         .sinks()
@@ -108,16 +102,15 @@ pub async fn sinks(State(state): State<AppState>, Extension(caller): Extension<C
 /// path, writing nothing.
 #[utoipa::path(post, path = "/api/v2/sinks/{name}/test", params(("name" = String, Path, description = "Sink name")), responses(
         (status = 200, description = "`{sink, verified, latencyMs, detail}`: `verified` false with the reason when the sink is unreachable", body = Object),
-        (status = 403, description = "`tenant_scoped_bearer_refused`", body = openapi::ErrorBody),
-        (status = 404, description = "`not_found` (with `name`)", body = openapi::ErrorBody),
-        openapi::FrontDoorErrors,
+        (status = 403, description = "`tenant_scoped_bearer_refused`", body = wire::ErrorBody),
+        (status = 404, description = "`not_found` (with `name`)", body = wire::ErrorBody),
+        wire::FrontDoorErrors,
 ))]
 pub async fn test(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    Admin(caller): Admin,
     Path(name): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    require_admin(&caller)?;
     let sink = state.exports.sink(&name).cloned().ok_or_else(|| unknown("sink", name.clone()))?;
     let (verified, latency, detail) = state.exports.probe(&sink).await;
     state.audit.record(caller.audit("sink_test").with("sink", name.clone()).with("verified", verified));

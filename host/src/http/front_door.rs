@@ -2,6 +2,9 @@
 //!
 //! 1. drain gate: once draining, 503 `shutting_down` (`Retry-After: 5`); admitted requests are
 //!    counted so the drain can wait for them (the same count is the process's in-flight cap);
+//!    then the size limits: headers over `server.max_header_bytes` get 431, a declared
+//!    `Content-Length` over the route's body limit gets 413 (bodies without one are limited as
+//!    they are read);
 //! 2. request id (`X-Request-Id` on every response) and metrics under the route template;
 //! 3. bearer auth (except public routes): [`Caller`] for the handlers, 401 otherwise;
 //! 4. the bearer's token bucket and in-flight caps;
@@ -11,118 +14,32 @@
 //! counter it does not need. On two busy cores every shared atomic a request touches is a cache
 //! line travelling between them, which is most of what a middleware stack costs here.
 
-use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request};
-use axum::http::{HeaderValue, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::future::RouteFuture;
 
 use super::{ApiError, AppState, X_REQUEST_ID};
 use crate::audit::AuditEvent;
-use crate::auth::Identity;
+pub use crate::caller::{Caller, RequestId};
 use crate::metrics::{HttpRouteMetrics, method_index};
 use crate::ratelimit::{Admission, Rejection};
-
-/// The request's id: 16 lowercase hex characters, also in every log and audit line about it.
-///
-/// Ids never repeat within a process (a counter run through a keyed bijection) and are not
-/// guessable across processes (the key is random). Each thread takes counter values in blocks,
-/// so generating one touches no memory shared with other threads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RequestId(u64);
-
-impl RequestId {
-    /// A fresh id.
-    pub fn generate() -> Self {
-        const BLOCK: u64 = 1 << 16;
-        static NEXT_BLOCK: AtomicU64 = AtomicU64::new(0);
-        static KEY: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
-        thread_local! {
-            static RANGE: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
-        }
-        let n = RANGE.with(|r| {
-            let (mut next, mut end) = r.get();
-            if next == end {
-                next = NEXT_BLOCK.fetch_add(BLOCK, Ordering::Relaxed);
-                end = next + BLOCK;
-            }
-            r.set((next + 1, end));
-            next
-        });
-        let (k1, k2) = *KEY.get_or_init(|| {
-            use std::hash::{BuildHasher, Hasher};
-            let s = std::collections::hash_map::RandomState::new();
-            let mut a = s.build_hasher();
-            a.write_u8(1);
-            let mut b = s.build_hasher();
-            b.write_u8(2);
-            (a.finish(), b.finish())
-        });
-        // xor, odd multiplications and xor-shifts are each invertible, so distinct counters
-        // give distinct ids.
-        let mut x = n ^ k1;
-        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        x ^= x >> 31;
-        Self(x.wrapping_add(k2))
-    }
-
-    fn hex(self) -> [u8; 16] {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut out = [0u8; 16];
-        for (i, b) in out.iter_mut().enumerate() {
-            *b = DIGITS[((self.0 >> (60 - 4 * i)) & 0xf) as usize];
-        }
-        out
-    }
-
-    /// The id as a header value.
-    pub fn header_value(self) -> HeaderValue {
-        HeaderValue::from_bytes(&self.hex()).expect("hex is a valid header value")
-    }
-}
-
-impl std::fmt::Display for RequestId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(std::str::from_utf8(&self.hex()).expect("hex is ASCII"))
-    }
-}
-
-/// The authenticated caller of a request, for handlers and audit lines.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub req_id: RequestId,
-    pub identity: Arc<Identity>,
-    pub source_ip: Option<IpAddr>,
-}
-
-impl Caller {
-    /// An audit event pre-filled with who, from where and which request.
-    pub fn audit(&self, event: &'static str) -> AuditEvent {
-        AuditEvent {
-            req_id: Some(self.req_id.to_string()),
-            bearer_hash: Some(self.identity.bearer_hash.clone()),
-            bearer_key_name: Some(self.identity.key_name.clone()),
-            source_ip: self.source_ip,
-            ..AuditEvent::new(event)
-        }
-    }
-}
 
 /// A route template and what the front door knows about it.
 struct RouteEntry {
     /// Served without a bearer.
     public: bool,
+    /// Largest body.
+    max_body: usize,
     metrics: HttpRouteMetrics,
 }
 
@@ -138,10 +55,12 @@ impl RouteTable {
 
     fn new(state: &AppState, templates: &[(&'static str, bool)]) -> Self {
         let mut matcher = matchit::Router::new();
-        let mut entries = vec![RouteEntry { public: false, metrics: state.metrics.http_route("unmatched") }];
+        let max_body = state.max_body;
+        let mut entries = vec![RouteEntry { public: false, max_body, metrics: state.metrics.http_route("unmatched") }];
         for &(template, public) in templates {
             matcher.insert(template, entries.len()).expect("route templates are valid and distinct");
-            entries.push(RouteEntry { public, metrics: state.metrics.http_route(template) });
+            let max_body = if template == super::OTLP_ROUTE { state.ingest.max_body.0 } else { max_body };
+            entries.push(RouteEntry { public, max_body, metrics: state.metrics.http_route(template) });
         }
         Self { matcher, entries }
     }
@@ -213,6 +132,10 @@ where
             return fut;
         };
         fut.entered = true;
+        if let Err(e) = check_sizes(&req, shared.routes.entries[route].max_body, state.max_header_bytes) {
+            fut.inner = Inner::Ready(Some(e.into_response()));
+            return fut;
+        }
         if shared.routes.entries[route].public {
             req.extensions_mut().insert(id);
         } else {
@@ -286,6 +209,20 @@ impl Drop for FrontDoorFuture {
     }
 }
 
+/// The request's head within `max_header_bytes` (names and values), and its declared body
+/// within `max_body`.
+fn check_sizes(req: &Request, max_body: usize, max_header_bytes: usize) -> Result<(), ApiError> {
+    let head: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if head > max_header_bytes {
+        return Err(ApiError::HeadersTooLarge(max_header_bytes));
+    }
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body as u64) {
+        return Err(ApiError::PayloadTooLarge(max_body));
+    }
+    Ok(())
+}
+
 pub(super) fn source_ip(req: &Request) -> Option<IpAddr> {
     req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
 }
@@ -336,29 +273,4 @@ fn limited(state: &AppState, caller: &Caller, rejection: Rejection) -> Response 
     state.metrics.rate_limited(kind);
     state.audit.record(caller.audit("rate_limited").with("limit", kind));
     err.into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::RequestId;
-
-    #[test]
-    fn request_ids_are_16_hex_and_distinct_across_threads() {
-        let per_thread: Vec<Vec<RequestId>> = std::thread::scope(|s| {
-            let handles: Vec<_> =
-                (0..4).map(|_| s.spawn(|| (0..70_000).map(|_| RequestId::generate()).collect())).collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        let mut all: Vec<RequestId> = per_thread.into_iter().flatten().collect();
-        let n = all.len();
-        for id in &all[..100] {
-            let s = id.to_string();
-            assert_eq!(s.len(), 16);
-            assert!(s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{s}");
-            assert_eq!(id.header_value().to_str().unwrap(), s);
-        }
-        all.sort_unstable_by_key(|id| id.0);
-        all.dedup();
-        assert_eq!(all.len(), n, "request ids repeated");
-    }
 }

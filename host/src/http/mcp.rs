@@ -21,14 +21,14 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use rmcp::{RoleServer, ServerHandler};
 use serde_json::Value;
 
-use super::tools::{Answer, audit_call, find_tool, run_found};
 use super::{ApiError, AppState, Caller};
+use crate::calls::{CallFailure, Via};
 
 /// `POST /mcp`: MCP JSON-RPC (documentation only; `rmcp` serves the route).
 #[utoipa::path(post, path = "/mcp", request_body(content = Object, description = "A JSON-RPC 2.0 message: initialize, tools/list, tools/call, prompts/list, prompts/get", content_type = "application/json"),
     responses(
         (status = 200, description = "A JSON-RPC answer, as `application/json` or a `text/event-stream`; `mcp-session-id` after initialize"),
-        super::openapi::FrontDoorErrors,
+        super::wire::FrontDoorErrors,
 ))]
 #[allow(dead_code)]
 fn mcp_doc() {}
@@ -37,7 +37,7 @@ fn mcp_doc() {}
 #[utoipa::path(post, path = "/", request_body(content = Object, description = "As for /mcp", content_type = "application/json"),
     responses(
         (status = 200, description = "As for /mcp"),
-        super::openapi::FrontDoorErrors,
+        super::wire::FrontDoorErrors,
 ))]
 #[allow(dead_code)]
 fn mcp_root_doc() {}
@@ -66,6 +66,56 @@ pub fn services(
         StreamableHttpService::new(factory(state.clone()), Arc::new(LocalSessionManager::default()), config(true)),
         StreamableHttpService::new(factory(state.clone()), Arc::new(NeverSessionManager::default()), config(false)),
     )
+}
+
+/// An MCP service as a route: the body is read here, under `max_body`, so an oversized one gets
+/// the contract's JSON 413 like every other route (rmcp would read any size); and a session's
+/// `DELETE` is answered 200, as MCP clients expect (rmcp says 202).
+pub fn route<S, B>(service: S, max_body: usize) -> axum::routing::MethodRouter<AppState>
+where
+    S: tower::Service<axum::extract::Request, Response = axum::http::Response<B>, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send,
+    B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    use axum::http::{Method, StatusCode};
+    use axum::response::IntoResponse as _;
+    use tower::ServiceExt as _;
+    axum::routing::any(move |req: axum::extract::Request| {
+        let service = service.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = match axum::body::to_bytes(body, max_body).await {
+                Ok(b) => b,
+                Err(e) if is_length_limit(&e) => return ApiError::PayloadTooLarge(max_body).into_response(),
+                Err(e) => return ApiError::InvalidRequest(format!("could not read the request body: {e}")).into_response(),
+            };
+            let delete = parts.method == Method::DELETE;
+            let req = axum::extract::Request::from_parts(parts, axum::body::Body::from(body));
+            let Ok(resp) = service.oneshot(req).await;
+            let mut resp = resp.map(axum::body::Body::new);
+            if delete && resp.status() == StatusCode::ACCEPTED {
+                *resp.status_mut() = StatusCode::OK;
+            }
+            resp
+        }
+    })
+}
+
+/// Whether reading a body failed on its length limit.
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// The sessions to tell when the tool list changes.
@@ -159,27 +209,24 @@ impl ServerHandler for Mcp {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let caller = caller(&ctx)?;
-        let started = std::time::Instant::now();
-        let name = request.name.to_string();
         let args = Value::Object(request.arguments.unwrap_or_default());
-        let mut cluster_id = None;
-        let result = match find_tool(&self.state, &name) {
-            Ok(tool) => Box::pin(run_found(&self.state, &caller, tool, args, &mut cluster_id)).await,
-            Err(e) => Err(e),
-        };
-        audit_call(&self.state, &caller, &name, cluster_id, result.as_ref().map(|_| ()), started, "mcp");
+        let result = Box::pin(self.state.calls().call_tool(&caller, &request.name, || Ok(args), Via::Mcp)).await;
         match result {
-            Ok(Answer { result, .. }) => {
-                let value: Value = serde_json::from_str(result.get())
+            Ok(answer) => {
+                let value: Value = serde_json::from_str(answer.result.get())
                     .map_err(|e| ErrorData::internal_error(format!("tool answer: {e}"), None))?;
                 Ok(CallToolResult::structured(value).into())
             }
             // An unknown tool or a malformed name is the request's fault: a protocol error.
-            Err(e @ (ApiError::ToolNotFound(_) | ApiError::InvalidRequest(_))) => {
+            Err(f @ (CallFailure::NotFound(_) | CallFailure::InvalidRequest(_))) => {
+                let e = ApiError::from_call(f, &caller);
                 Err(ErrorData::invalid_params(e.to_string(), Some(e.body())))
             }
             // Everything else happened in the tool: the caller sees the same body REST answers.
-            Err(e) => Ok(CallToolResult::error(vec![ContentBlock::text(e.body().to_string())]).into()),
+            Err(f) => {
+                let body = ApiError::from_call(f, &caller).body();
+                Ok(CallToolResult::error(vec![ContentBlock::text(body.to_string())]).into())
+            }
         }
     }
 

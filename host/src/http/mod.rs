@@ -9,6 +9,7 @@ mod exports;
 mod front_door;
 mod mcp;
 pub mod openapi;
+pub mod wire;
 mod otlp;
 mod sql;
 mod tools;
@@ -35,6 +36,9 @@ use crate::runtime::Runtime;
 /// Where `/api/v1` callers are sent.
 pub const API_VERSIONING_DOCS: &str = "https://github.com/sluice-gateway/sluice/blob/main/docs/api-versioning.md";
 
+/// The OTLP ingest route, whose body limit is `ingest.max_body`.
+pub(crate) const OTLP_ROUTE: &str = "/v1/metrics";
+
 /// The request id header.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -46,6 +50,11 @@ impl AppState {
     pub fn new(inner: AppInner) -> Self {
         Self(Arc::new(inner))
     }
+
+    /// The application layer's tool calls over this state.
+    pub fn calls(&self) -> crate::calls::Calls<'_> {
+        crate::calls::Calls { runtime: &self.runtime, db: &self.db, audit: &self.audit }
+    }
 }
 
 impl std::ops::Deref for AppState {
@@ -56,16 +65,36 @@ impl std::ops::Deref for AppState {
     }
 }
 
+/// An unscoped caller: what admin routes (plugins, exports, sinks) extract instead of
+/// [`Caller`]. A bearer with a cluster scope gets 403 `tenant_scoped_bearer_refused`.
+pub struct Admin(pub Caller);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, ApiError> {
+        let caller = parts.extensions.get::<Caller>().cloned().ok_or(ApiError::MissingBearer)?;
+        if caller.identity.is_scoped() {
+            return Err(ApiError::TenantScopeRefused("admin endpoints need a bearer without a cluster scope".into()));
+        }
+        Ok(Self(caller))
+    }
+}
+
 /// What [`AppState`] holds.
 pub struct AppInner {
+    /// The database: what tools, SQL and exports read, where ingest writes.
+    pub db: crate::db::Database,
     pub runtime: Arc<Runtime>,
     pub metrics: Metrics,
     pub auth: Arc<AuthStore>,
     pub limiter: Arc<Limiter>,
     pub drain: Arc<Drain>,
     pub audit: AuditLog,
-    /// Largest request body.
+    /// Largest request body (`/v1/metrics` has its own, `ingest.max_body`).
     pub max_body: usize,
+    /// Largest request head.
+    pub max_header_bytes: usize,
     /// OTLP ingest limits.
     pub ingest: crate::config::IngestConfig,
     /// Exports and sinks.
@@ -87,7 +116,7 @@ const ROUTES: &[(&str, bool)] = &[
     ("/api/v2/tools/list", false),
     ("/api/v2/tools/{name}", false),
     ("/api/v2/sql", false),
-    ("/v1/metrics", false),
+    (OTLP_ROUTE, false),
     ("/", false),
     ("/mcp", false),
     ("/api/v2/exports", false),
@@ -113,7 +142,7 @@ pub fn api_service(state: AppState, max_body: usize) -> FrontDoor {
             "/api/v2/tools/list" => get(tools::list),
             "/api/v2/tools/{name}" => post(tools::call),
             "/api/v2/sql" => post(sql::sql),
-            "/v1/metrics" => {
+            OTLP_ROUTE => {
                 post(otlp::ingest).layer(axum::extract::DefaultBodyLimit::max(state.ingest.max_body.0))
             }
             "/api/v2/exports" => get(exports::list),
@@ -130,7 +159,7 @@ pub fn api_service(state: AppState, max_body: usize) -> FrontDoor {
         router = router.route(path, handler);
     }
     let (mcp_sessions, mcp_stateless) = mcp::services(&state);
-    let router = router.route_service("/mcp", mcp_sessions).route_service("/", mcp_stateless);
+    let router = router.route("/mcp", mcp::route(mcp_sessions, max_body)).route("/", mcp::route(mcp_stateless, max_body));
     let router = router
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
@@ -154,9 +183,9 @@ pub fn health_router(drain: Arc<Drain>) -> Router {
 
 /// Supported API versions and capabilities. No auth; limited per source IP.
 #[utoipa::path(get, path = "/api/versions", security(()), responses(
-        (status = 200, description = "Versions and capabilities", body = openapi::Versions),
-        (status = 429, description = "`rate_limited` for this source IP, with `Retry-After`", body = openapi::ErrorBody),
-        (status = 503, description = "`shutting_down`", body = openapi::ErrorBody),
+        (status = 200, description = "Versions and capabilities", body = wire::Versions),
+        (status = 429, description = "`rate_limited` for this source IP, with `Retry-After`", body = wire::ErrorBody),
+        (status = 503, description = "`shutting_down`", body = wire::ErrorBody),
 ))]
 async fn versions(State(state): State<AppState>, req: Request) -> Response {
     if let Some(ip) = front_door::source_ip(&req)
@@ -167,44 +196,41 @@ async fn versions(State(state): State<AppState>, req: Request) -> Response {
     }
     let v = env!("CARGO_PKG_VERSION");
     let major_minor = v.rsplit_once('.').map_or(v, |(mm, _)| mm);
-    axum::Json(json!({
-        "supported": ["v2"],
-        "deprecated": [],
-        "preferred": "v2",
-        "binary": {"component": "sluice", "version": major_minor},
-        "capabilities": {"tools_endpoint": true, "sql_endpoint": true, "mcp": true, "otlp_ingest": true},
-        "removal_schedule": {},
-    }))
+    axum::Json(wire::Versions {
+        supported: vec!["v2"],
+        deprecated: vec![],
+        preferred: "v2",
+        binary: wire::BinaryVersion { component: "sluice", version: major_minor },
+        capabilities: wire::ApiCapabilities { tools_endpoint: true, sql_endpoint: true, mcp: true, otlp_ingest: true },
+        removal_schedule: serde_json::Map::new(),
+    })
     .into_response()
 }
 
 /// Liveness of the API with the full version.
 #[utoipa::path(get, path = "/api/v2/health", responses(
-        (status = 200, description = "Up", body = openapi::Health),
-        openapi::FrontDoorErrors,
+        (status = 200, description = "Up", body = wire::Health),
+        wire::FrontDoorErrors,
 ))]
-async fn health() -> impl IntoResponse {
-    axum::Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+async fn health() -> axum::Json<wire::Health> {
+    axum::Json(wire::Health { status: "ok", version: env!("CARGO_PKG_VERSION") })
 }
 
 /// The calling bearer: an opaque id, its clusters and capabilities (never its key name).
 #[utoipa::path(get, path = "/api/v2/whoami", responses(
-        (status = 200, description = "The bearer", body = openapi::WhoAmI),
-        openapi::FrontDoorErrors,
+        (status = 200, description = "The bearer", body = wire::WhoAmI),
+        wire::FrontDoorErrors,
 ))]
-async fn whoami(Extension(caller): Extension<Caller>) -> impl IntoResponse {
+async fn whoami(Extension(caller): Extension<Caller>) -> Response {
     let id = &caller.identity;
-    axum::Json(json!({
-        "bearer_id": id.bearer_id(),
-        "cluster_ids": id.allowed_clusters,
-        "capabilities": {"sql": !id.is_scoped(), "tools": true, "admin": !id.is_scoped()},
-    }))
+    let capabilities = wire::BearerCapabilities { sql: !id.is_scoped(), tools: true, admin: !id.is_scoped() };
+    axum::Json(wire::WhoAmI { bearer_id: id.bearer_id(), cluster_ids: &id.allowed_clusters, capabilities }).into_response()
 }
 
 /// Prometheus metrics (text exposition format).
 #[utoipa::path(get, path = "/metrics", responses(
         (status = 200, description = "Prometheus text", content_type = "text/plain", body = String),
-        openapi::FrontDoorErrors,
+        wire::FrontDoorErrors,
 ))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
@@ -212,7 +238,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 
 /// Every method on `/api/v1/*`: removed.
 #[utoipa::path(get, path = "/api/v1/{rest}", security(()), params(("rest" = String, Path, description = "Anything")), responses(
-        (status = 410, description = "`gone`, with `removed_version`, `preferred` and `docs`", body = openapi::ErrorBody),
+        (status = 410, description = "`gone`, with `removed_version`, `preferred` and `docs`", body = wire::ErrorBody),
 ))]
 async fn gone() -> ApiError {
     ApiError::Gone
@@ -222,7 +248,7 @@ async fn gone() -> ApiError {
 /// output schemas), read from the registry on each request so it follows hot reloads.
 #[utoipa::path(get, path = "/api/v2/openapi.json", responses(
         (status = 200, description = "OpenAPI 3.1", body = Object),
-        openapi::FrontDoorErrors,
+        wire::FrontDoorErrors,
 ))]
 async fn openapi_json(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> impl IntoResponse {
     static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();

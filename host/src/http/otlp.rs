@@ -9,19 +9,32 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 
-use super::{ApiError, AppState, Caller, openapi};
+use super::{ApiError, AppState, Caller, wire};
 use crate::ingest::{self, DecodeError, Encoding};
 
 /// `POST /v1/metrics` with an OTLP `ExportMetricsServiceRequest`.
 #[utoipa::path(post, path = "/v1/metrics",
-    request_body(content = Vec<u8>, description = "OTLP ExportMetricsServiceRequest", content_type = "application/x-protobuf"),
+    request_body(
+        description = "An OTLP `ExportMetricsServiceRequest`: protobuf, or its JSON mapping (camelCase field names, \
+            64-bit integers as strings or numbers, `timeUnixNano` as a string); gzip with `Content-Encoding: gzip`",
+        content(
+            (Vec<u8> = "application/x-protobuf"),
+            ("application/json", example = json!({"resourceMetrics": [{
+                "resource": {"attributes": [
+                    {"key": "ingero.cluster.id", "value": {"stringValue": "cluster-a"}},
+                    {"key": "ingero.node.id", "value": {"stringValue": "cluster-a-n00"}}]},
+                "scopeMetrics": [{"metrics": [{
+                    "name": "ingero.node.health_score",
+                    "gauge": {"dataPoints": [{"timeUnixNano": "1767225600000000000", "asDouble": 0.97}]}}]}]}]}))
+        )
+    ),
     responses(
         (status = 200, description = "ExportMetricsServiceResponse in the request's encoding; `partial_success.rejected_data_points` counts points without `ingero.cluster.id`/`ingero.node.id`, outside a scoped bearer's clusters, or of a type not stored (exponential histograms, summaries)"),
-        (status = 400, description = "`invalid_request`: not an OTLP metrics request, bad gzip, or too large once uncompressed", body = openapi::ErrorBody),
-        (status = 413, description = "`payload_too_large`", body = openapi::ErrorBody),
-        (status = 415, description = "`unsupported_media_type`: not application/x-protobuf or application/json, or an encoding other than gzip", body = openapi::ErrorBody),
-        (status = 500, description = "`tool_backend_failure` with `tool` = `ingest`: the database refused the batch (nothing was written)", body = openapi::ErrorBody),
-        openapi::FrontDoorErrors,
+        (status = 400, description = "`invalid_request`: not an OTLP metrics request, bad gzip, or too large once uncompressed", body = wire::ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = wire::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not application/x-protobuf or application/json, or an encoding other than gzip", body = wire::ErrorBody),
+        (status = 500, description = "`tool_backend_failure` with `tool` = `ingest`: the database refused the batch (nothing was written)", body = wire::ErrorBody),
+        wire::FrontDoorErrors,
 ))]
 pub async fn ingest(
     State(state): State<AppState>,
@@ -39,7 +52,7 @@ pub async fn ingest(
         })?;
     let converted = ingest::convert(&req, &caller.identity.allowed_clusters);
     let accepted = converted.rows.len();
-    let db = state.runtime.db().clone();
+    let db = state.db.clone();
     let rows = converted.rows;
     let written = tokio::task::spawn_blocking(move || db.append_events(&rows))
         .await

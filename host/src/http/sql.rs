@@ -10,24 +10,24 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::{ApiError, AppState, Caller, openapi};
+use super::{ApiError, AppState, Caller, wire};
 use crate::db::{QueryError, RowLimit};
 
 /// Longest statement text kept in an audit line.
 const AUDIT_SQL_CHARS: usize = 1000;
 
 /// `POST /api/v2/sql` with `{"sql": "..."}`.
-#[utoipa::path(post, path = "/api/v2/sql", request_body = openapi::SqlRequest,
+#[utoipa::path(post, path = "/api/v2/sql", request_body = wire::SqlRequest,
     responses(
-        (status = 200, description = "`columns` (names), `types` (type families), positional `rows`, `truncated`", body = openapi::SqlResult),
-        (status = 400, description = "`sql_not_read_only` (a write, DDL, ATTACH, COPY, INSTALL/LOAD, SET/PRAGMA, a file or URL reader, several statements), `invalid_request` (body, or SQL DuckDB cannot parse or bind)", body = openapi::ErrorBody),
-        (status = 403, description = "`tenant_scoped_bearer_refused`: tenant-scoped bearers have no SQL access", body = openapi::ErrorBody),
-        (status = 413, description = "`payload_too_large`", body = openapi::ErrorBody),
-        (status = 500, description = "`tool_backend_failure` with `tool` = `sql`: scrubbed; the full error is in the audit log", body = openapi::ErrorBody),
-        (status = 504, description = "`sql_timeout` (with `timeout_ms`): interrupted at the query timeout", body = openapi::ErrorBody),
-        openapi::FrontDoorErrors,
+        (status = 200, description = "`columns` (names), `types` (type families), positional `rows`, `truncated`", body = wire::SqlResult),
+        (status = 400, description = "`sql_not_read_only` (a write, DDL, ATTACH, COPY, INSTALL/LOAD, SET/PRAGMA, a file or URL reader, several statements), `invalid_request` (body, or SQL DuckDB cannot parse or bind)", body = wire::ErrorBody),
+        (status = 403, description = "`tenant_scoped_bearer_refused`: tenant-scoped bearers have no SQL access", body = wire::ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = wire::ErrorBody),
+        (status = 500, description = "`tool_backend_failure` with `tool` = `sql`: scrubbed; the full error is in the audit log", body = wire::ErrorBody),
+        (status = 504, description = "`sql_timeout` (with `timeout_ms`): interrupted at the query timeout", body = wire::ErrorBody),
+        wire::FrontDoorErrors,
 ))]
 pub async fn sql(
     State(state): State<AppState>,
@@ -61,16 +61,11 @@ async fn run(
         return Err(ApiError::TenantScopeRefused("tenant-scoped bearers have no SQL access; use the tools".into()));
     }
     let body = super::error::read_body(body, state.max_body)?;
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Body {
-        sql: String,
-    }
-    let Body { sql } = serde_json::from_slice(&body).map_err(|e| {
+    let wire::SqlRequest { sql } = serde_json::from_slice(&body).map_err(|e| {
         ApiError::InvalidRequest(format!("the body must be {{\"sql\": \"SELECT ...\"}}: {e}"))
     })?;
     *text = Some(sql.clone());
-    let db = state.runtime.db().clone();
+    let db = state.db.clone();
     let max_rows = db.options().max_rows;
     let timeout = db.options().query_timeout;
     let result = tokio::task::spawn_blocking(move || db.query_read_only(&sql, &[], RowLimit::AtMost(max_rows), None))
@@ -94,8 +89,8 @@ async fn run(
         QueryError::TooManyRows(n) => backend(format!("more than {n} rows despite the row limit")),
         QueryError::Internal(m) => backend(m),
     })?;
-    let columns: Vec<&str> = r.columns.iter().map(|(name, _)| name.as_str()).collect();
-    let types: Vec<&str> = r.columns.iter().map(|(_, t)| t.name()).collect();
-    let rows: Vec<Value> = r.rows.iter().map(|row| Value::Array(row.iter().map(|v| v.to_json()).collect())).collect();
-    Ok(axum::Json(json!({ "columns": columns, "types": types, "rows": rows, "truncated": r.truncated })).into_response())
+    let columns = r.columns.iter().map(|(name, _)| name.as_str()).collect();
+    let types = r.columns.iter().map(|(_, t)| t.name()).collect();
+    let rows = r.rows.iter().map(|row| Value::Array(row.iter().map(|v| v.to_json()).collect())).collect();
+    Ok(axum::Json(wire::SqlResult { columns, types, rows, truncated: r.truncated }).into_response())
 }

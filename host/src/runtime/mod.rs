@@ -1,7 +1,9 @@
 //! Running untrusted tool components: one engine, a hot-swappable registry, and calls under a
 //! memory limit and a deadline.
 
+pub mod component;
 pub mod engine;
+pub mod netpolicy;
 pub mod registry;
 pub mod sinks;
 pub mod tools;
@@ -22,15 +24,7 @@ use engine::{ArtifactCache, EngineOptions, SluiceEngine};
 pub use registry::{ComponentShape, LoadedTool, PluginStatus, Registry, ReloadReport, is_valid_tool_name};
 pub use tools::{CallContext, CallError, ToolError, ToolState, WitQueryError};
 
-/// Default linear-memory limit of one call: generous for JSON shaping of query results, small
-/// enough that a runaway tool cannot hurt the process.
-pub const DEFAULT_MEMORY_LIMIT: usize = 64 << 20;
-
-/// Default deadline of one call.
-pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
-
-/// Default number of calls running at once.
-pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 64;
+pub use crate::config::{DEFAULT_DEADLINE, DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MEMORY_LIMIT};
 
 /// How long file events are gathered before a reload, so one save (often several writes)
 /// causes one reload.
@@ -41,7 +35,6 @@ pub struct Runtime {
     engine: SluiceEngine,
     linker: Linker<ToolState>,
     cache: ArtifactCache,
-    db: Database,
     config: PluginsConfig,
     registry: ArcSwap<Registry>,
     /// The registry's generation, for whoever wants to hear of changes (MCP sessions).
@@ -83,15 +76,15 @@ pub struct CallOutput {
 
 impl Runtime {
     /// Builds the runtime and loads every component in the plugins directory.
-    pub fn new(config: PluginsConfig, db: Database, metrics: Metrics) -> anyhow::Result<Arc<Self>> {
-        let rt = Self::without_plugins(config, db, metrics)?;
+    pub fn new(config: PluginsConfig, metrics: Metrics) -> anyhow::Result<Arc<Self>> {
+        let rt = Self::without_plugins(config, metrics)?;
         rt.reload();
         Ok(rt)
     }
 
     /// Builds the runtime without loading the plugins directory (`reload` loads it): for
     /// commands that load single files.
-    pub fn without_plugins(config: PluginsConfig, db: Database, metrics: Metrics) -> anyhow::Result<Arc<Self>> {
+    pub fn without_plugins(config: PluginsConfig, metrics: Metrics) -> anyhow::Result<Arc<Self>> {
         let max_memory = config
             .tools
             .values()
@@ -112,7 +105,6 @@ impl Runtime {
             engine,
             linker,
             cache,
-            db,
             config,
             registry: ArcSwap::from_pointee(Registry::default()),
             generation: tokio::sync::watch::Sender::new(0),
@@ -146,15 +138,10 @@ impl Runtime {
         &self.config.dir
     }
 
-    /// The database tools query.
-    pub fn db(&self) -> &Database {
-        &self.db
-    }
-
     /// Calls a tool: waits for a call slot (bounded by the tool's deadline), then runs the call
     /// on the executor. The guest yields at every epoch tick; a wall-clock timeout also ends a
     /// call whose guest is parked in a host wait (such as a WASI sleep).
-    pub async fn call(&self, tool: Arc<LoadedTool>, ctx: CallContext, args: String) -> Result<CallOutput, CallError> {
+    pub async fn call(&self, db: &Database, tool: Arc<LoadedTool>, ctx: CallContext, args: String) -> Result<CallOutput, CallError> {
         let deadline = Instant::now() + tool.deadline;
         let _permit = tokio::time::timeout(tool.deadline, self.permits.acquire())
             .await
@@ -164,12 +151,12 @@ impl Runtime {
         // The epoch check fires first for a running guest; this catches a parked one.
         // Boxed: the call's future (wasmtime's instantiate and call states) is large, and a box
         // keeps it from being copied as it is wrapped and polled.
-        let call = Box::pin(self.call_until(tool, ctx, &args, deadline));
+        let call = Box::pin(self.call_until(db, tool, ctx, &args, deadline));
         match tokio::time::timeout_at((deadline + 2 * engine::EPOCH_TICK).into(), call).await {
             Ok(r) => r,
             Err(_) => {
                 let err = if self.cancel.load(Ordering::Relaxed) { CallError::Cancelled } else { CallError::Timeout(limit) };
-                self.metrics.plugin_call(&name, started.elapsed(), Some(&err));
+                self.metrics.plugin_call(&name, started.elapsed(), err.outcome());
                 Err(err)
             }
         }
@@ -178,18 +165,20 @@ impl Runtime {
     /// Calls a tool from synchronous code (CLI, benchmarks), on a private single-thread runtime.
     pub fn call_blocking(
         &self,
+        db: &Database,
         tool: Arc<LoadedTool>,
         ctx: CallContext,
         args: &str,
         deadline: Instant,
     ) -> Result<CallOutput, CallError> {
-        block_on(self.call_until(tool, ctx, args, deadline))
+        block_on(self.call_until(db, tool, ctx, args, deadline))
     }
 
     /// Calls a tool with an absolute deadline, without waiting for a call slot (benchmarks and
     /// embedding; the HTTP path uses [`Runtime::call`]).
     pub async fn call_until(
         &self,
+        db: &Database,
         tool: Arc<LoadedTool>,
         ctx: CallContext,
         args: &str,
@@ -203,22 +192,22 @@ impl Runtime {
             return Err(CallError::Timeout(tool.deadline));
         }
         let state = ToolState::new(
-            self.db.clone(),
+            Some(db.clone()),
             Arc::from(tool.name.as_str()),
             ctx.request_id.clone(),
             tool.memory_limit,
             deadline,
         )
         .scoped(ctx.allowed_clusters.clone());
-        let mut store = tools::store(self.engine.engine(), state, deadline, self.cancel.clone());
+        let mut store = component::store(self.engine.engine(), state, deadline, self.cancel.clone());
         let result = async {
             let t = tool.pre.instantiate_async(&mut store).await?;
             t.call_call(&mut store, &ctx, args).await
         }
         .await
-        .map_err(|e| tools::classify(e, tool.deadline, &self.cancel))
+        .map_err(|e| CallError::from(component::classify(e, tool.deadline, &self.cancel)))
         .and_then(|r| r.map_err(CallError::Tool));
-        self.metrics.plugin_call(&tool.name, started.elapsed(), result.as_ref().err());
+        self.metrics.plugin_call(&tool.name, started.elapsed(), result.as_ref().err().map_or("ok", CallError::outcome));
         result.map(|json| CallOutput { json, tool })
     }
 
@@ -226,26 +215,19 @@ impl Runtime {
     /// guest runs. Used by the `tool_call` benchmark to split the cost of a call.
     pub async fn instantiate_only(&self, tool: &LoadedTool) -> Result<(), CallError> {
         let deadline = Instant::now() + tool.deadline;
-        let state = ToolState::new(
-            self.db.clone(),
-            Arc::from(tool.name.as_str()),
-            String::new(),
-            tool.memory_limit,
-            deadline,
-        );
-        let mut store = tools::store(self.engine.engine(), state, deadline, self.cancel.clone());
+        let state = ToolState::new(None, Arc::from(tool.name.as_str()), String::new(), tool.memory_limit, deadline);
+        let mut store = component::store(self.engine.engine(), state, deadline, self.cancel.clone());
         tool.pre
             .instantiate_async(&mut store)
             .await
             .map(drop)
-            .map_err(|e| tools::classify(e, tool.deadline, &self.cancel))
+            .map_err(|e| CallError::from(component::classify(e, tool.deadline, &self.cancel)))
     }
 
-    /// Cancels every running call (and refuses new ones) and interrupts every running DuckDB
-    /// query: the end of a drain.
+    /// Cancels every running call (and refuses new ones): the end of a drain. (The gateway
+    /// interrupts the database's queries too.)
     pub fn cancel_all(&self) {
         self.cancel.store(true, Ordering::Relaxed);
-        self.db.interrupt_all();
     }
 
     fn metrics_reloaded(&self, report: &ReloadReport) {
@@ -255,25 +237,5 @@ impl Runtime {
         for (file, _) in &report.failed {
             self.metrics.plugin_reload(file, false);
         }
-    }
-
-    /// Watches the plugins directory and reloads on change, until the returned watcher is
-    /// dropped (see [`crate::watch`]).
-    pub fn watch(self: &Arc<Self>) -> anyhow::Result<notify::RecommendedWatcher> {
-        use anyhow::Context as _;
-        std::fs::create_dir_all(&self.config.dir)
-            .with_context(|| format!("creating the plugins directory {}", self.config.dir.display()))?;
-        let rt = Arc::downgrade(self);
-        crate::watch::watch(
-            "sluice-plugin-reloader",
-            std::slice::from_ref(&self.config.dir),
-            |p| p.extension().is_some_and(|e| e == "wasm"),
-            WATCH_DEBOUNCE,
-            move || {
-                let Some(rt) = rt.upgrade() else { return false };
-                rt.reload();
-                true
-            },
-        )
     }
 }

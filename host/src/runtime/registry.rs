@@ -11,17 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use super::engine::CacheOutcome;
-use super::tools::{self, ToolInfo, ToolPre, ToolState};
+use super::tools::{ToolInfo, ToolPre, ToolState};
 use super::Runtime;
 
-/// How long `describe` may take when a component is loaded.
-pub const DESCRIBE_DEADLINE: Duration = Duration::from_secs(5);
-
-/// Largest component file accepted.
-pub const MAX_COMPONENT_BYTES: u64 = 64 << 20;
+pub use super::component::{DESCRIBE_DEADLINE, MAX_COMPONENT_BYTES};
 
 /// A tool ready to be called: its compiled, pre-linked component and what it said about itself.
 pub struct LoadedTool {
@@ -69,7 +64,7 @@ impl std::fmt::Debug for LoadedTool {
 }
 
 /// One plugin file's state, as `GET /api/v2/admin/plugins` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PluginStatus {
     /// File name inside the plugins directory.
     pub file: String,
@@ -183,7 +178,7 @@ impl Runtime {
         for path in list_components(&self.config.dir) {
             let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
             let previous = current.files.get(&file);
-            let bytes = match read_component(&path) {
+            let bytes = match super::component::read(&path) {
                 Ok(b) => b,
                 Err(e) => {
                     // Unreadable right now (e.g. being replaced): keep whatever we had.
@@ -197,7 +192,7 @@ impl Runtime {
                     continue;
                 }
             };
-            let digest = hex::encode(Sha256::digest(&bytes));
+            let digest = super::component::digest(&bytes);
             if let Some(prev) = previous.filter(|p| p.attempted_digest == digest) {
                 files.insert(file, prev.clone());
                 continue;
@@ -267,15 +262,15 @@ impl Runtime {
     /// Loads one component file outside the registry (the CLI's `plugin call` and `plugin
     /// inspect`): the same checks as a reload, without serving it.
     pub fn load_file(&self, path: &Path) -> anyhow::Result<Arc<LoadedTool>> {
-        let bytes = read_component(path).map_err(anyhow::Error::msg)?;
-        let digest = hex::encode(Sha256::digest(&bytes));
+        let bytes = super::component::read(path).map_err(anyhow::Error::msg)?;
+        let digest = super::component::digest(&bytes);
         let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
         self.load_component(&file, path, &digest, &bytes).map(|(tool, _)| Arc::new(tool))
     }
 
     /// The names of what a component imports and exports, without linking or running it.
     pub fn component_shape(&self, bytes: &[u8]) -> anyhow::Result<ComponentShape> {
-        let digest = hex::encode(Sha256::digest(bytes));
+        let digest = super::component::digest(bytes);
         let engine = self.engine.engine();
         let (component, _) = self.cache.load(engine, &digest, bytes)?;
         let ty = component.component_type();
@@ -299,35 +294,20 @@ impl Runtime {
         {
             bail!("digest {digest} does not match the pinned digest {pin}; refusing to load it");
         }
-        let engine = self.engine.engine();
-        let (component, outcome) = self
-            .cache
-            .load(engine, digest, bytes)
-            .context("not a valid WebAssembly component")?;
+        let (component, outcome) = self.compile(digest, bytes)?;
         let pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(|e| anyhow::Error::from(e).context("the component imports something the `tool` world does not provide"))?;
         let pre = ToolPre::new(pre)
             .map_err(|e| anyhow::Error::from(e).context("the component does not export the `tool` world (describe, call)"))?;
-
-        let state = ToolState::new(
-            self.db.clone(),
-            Arc::from(file),
-            "0000000000000000".into(),
-            self.config.memory_limit.0,
-            Instant::now() + DESCRIBE_DEADLINE,
-        );
-        let never = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut store = tools::store(engine, state, Instant::now() + DESCRIBE_DEADLINE, never.clone());
-        let info: ToolInfo = super::block_on(async {
+        let deadline = Instant::now() + DESCRIBE_DEADLINE;
+        let state = ToolState::new(None, Arc::from(file), "0000000000000000".into(), self.config.memory_limit.0, deadline);
+        let mut store = self.describe_store(state);
+        let info: ToolInfo = self.describe(async {
             let t = pre.instantiate_async(&mut store).await?;
             t.call_describe(&mut store).await
-        })
-        .map_err(|e| match tools::classify(e, DESCRIBE_DEADLINE, &never) {
-                tools::CallError::Timeout(_) => anyhow::anyhow!("describe ran past {DESCRIBE_DEADLINE:?}"),
-                other => anyhow::anyhow!("describe failed: {other}"),
-            })?;
+        })?;
 
         if !is_valid_tool_name(&info.name) {
             bail!("describe returned an invalid tool name {:?}: names match ^[a-z][a-z0-9_.]{{1,127}}$", info.name);
@@ -389,14 +369,6 @@ fn list_components(dir: &Path) -> Vec<PathBuf> {
         .collect();
     out.sort();
     out
-}
-
-fn read_component(path: &Path) -> Result<Vec<u8>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    if meta.len() > MAX_COMPONENT_BYTES {
-        return Err(format!("{} is {} bytes; the limit is {MAX_COMPONENT_BYTES}", path.display(), meta.len()));
-    }
-    std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))
 }
 
 #[cfg(test)]

@@ -5,9 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime::{Engine, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::db::{self, Database, RowLimit};
@@ -39,7 +37,8 @@ pub struct ToolState {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: StoreLimits,
-    db: Database,
+    /// The database its queries read; `None` while loading (`describe` queries nothing).
+    db: Option<Database>,
     deadline: Instant,
     plugin: Arc<str>,
     request_id: String,
@@ -50,17 +49,14 @@ pub struct ToolState {
 impl ToolState {
     /// A store state granting nothing but the host interfaces: no preopened directories, no
     /// environment, no arguments, no sockets, no name lookup, stdio closed.
-    pub fn new(db: Database, plugin: Arc<str>, request_id: String, memory_limit: usize, deadline: Instant) -> Self {
+    pub fn new(db: Option<Database>, plugin: Arc<str>, request_id: String, memory_limit: usize, deadline: Instant) -> Self {
         let wasi = WasiCtxBuilder::new()
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .socket_addr_check(|_, _| Box::pin(async { false }))
             .build();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(memory_limit)
-            .trap_on_grow_failure(true)
-            .build();
+        let limits = super::component::limits(memory_limit);
         Self { wasi, table: ResourceTable::new(), limits, db, deadline, plugin, request_id, clusters: Vec::new() }
     }
 
@@ -68,6 +64,12 @@ impl ToolState {
     pub fn scoped(mut self, clusters: Vec<String>) -> Self {
         self.clusters = clusters;
         self
+    }
+}
+
+impl super::component::Limited for ToolState {
+    fn limits(&mut self) -> &mut StoreLimits {
+        &mut self.limits
     }
 }
 
@@ -84,24 +86,6 @@ pub fn linker(engine: &Engine) -> anyhow::Result<Linker<ToolState>> {
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     Tool::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
     Ok(linker)
-}
-
-/// A fresh store for one call, with its memory limit and deadline. On every epoch tick the
-/// store checks the deadline and the runtime's cancel flag (set at the end of a drain) and
-/// interrupts the guest when either says so; otherwise the guest yields to the executor, so a
-/// busy tool never holds a worker thread for more than a tick.
-pub fn store(engine: &Engine, state: ToolState, deadline: Instant, cancel: Arc<AtomicBool>) -> Store<ToolState> {
-    let mut store = Store::new(engine, state);
-    store.limiter(|s| &mut s.limits);
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |_| {
-        if cancel.load(Ordering::Relaxed) || Instant::now() >= deadline {
-            Err(Trap::Interrupt.into())
-        } else {
-            Ok(UpdateDeadline::Yield(1))
-        }
-    });
-    store
 }
 
 /// How a call failed, before it is mapped to an HTTP answer.
@@ -124,12 +108,28 @@ pub enum CallError {
     Cancelled,
 }
 
-/// Classifies a wasmtime error from a call.
-pub fn classify(err: wasmtime::Error, deadline: Duration, cancel: &AtomicBool) -> CallError {
-    if matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
-        return if cancel.load(Ordering::Relaxed) { CallError::Cancelled } else { CallError::Timeout(deadline) };
+impl CallError {
+    /// The outcome label of `sluice_plugin_calls_total` for this failure.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Tool(_) => "tool_error",
+            Self::Timeout(_) => "timeout",
+            Self::Trap(_) => "trap",
+            Self::Busy => "busy",
+            Self::Cancelled => "cancelled",
+        }
     }
-    CallError::Trap(format!("{err:?}"))
+}
+
+impl From<super::component::RunError> for CallError {
+    fn from(e: super::component::RunError) -> Self {
+        use super::component::RunError;
+        match e {
+            RunError::Timeout(d) => Self::Timeout(d),
+            RunError::Cancelled => Self::Cancelled,
+            RunError::Trap(m) => Self::Trap(m),
+        }
+    }
 }
 
 impl query::Host for ToolState {
@@ -151,7 +151,10 @@ impl ToolState {
     /// Runs a query on the blocking pool (DuckDB blocks), bounded by the call's deadline.
     async fn run(&mut self, sql: String, params: Vec<WitValue>, limit: RowLimit) -> Result<WitQueryResult, WitQueryError> {
         let params: Vec<db::Value> = params.into_iter().map(from_wit).collect();
-        let (db, deadline, clusters) = (self.db.clone(), self.deadline, self.clusters.clone());
+        let Some(db) = self.db.clone() else {
+            return Err(WitQueryError::Internal("no database while the component is being loaded".into()));
+        };
+        let (deadline, clusters) = (self.deadline, self.clusters.clone());
         let span = tracing::debug_span!("host_query", plugin = %self.plugin, req_id = %self.request_id);
         let result = tokio::task::spawn_blocking(move || {
             let _enter = span.enter();

@@ -1,4 +1,4 @@
-//! One HTTP request over `wasi:http`, as the bundled sinks send them: the request handed to the
+//! One HTTP request over `wasi:http`, as sinks send them: the request handed to the
 //! host first, then the body written in full and finished, then the answer awaited. (The host
 //! checks the destination against the sink's configuration and does TLS.)
 

@@ -6,44 +6,18 @@
 //! 2xx delivered; 408, 429 and 5xx transient; 401 and other 4xx terminal; 403 forbidden; no
 //! connection transient; refused by the host's policy terminal.
 
-wit_bindgen::generate!({ path: "../../wit", world: "sink" });
-
-use sluice::plugin::sink_types::{Capabilities, ErrorClass, Family};
-use sluice_sink_common::{HttpMethod as Method, SendError, send};
+use sluice_sink_common::HttpMethod as Method;
+use sluice_sink_common::*;
 
 struct HttpSink;
 
-fn setting<'a>(config: &'a SinkConfig, key: &str) -> Option<&'a str> {
-    config.settings.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
-}
-
-fn error(class: ErrorClass, message: impl Into<String>) -> SinkError {
-    SinkError { class, message: message.into() }
-}
-
-/// How an answer's status is classified.
-fn status_class(status: u16) -> Option<ErrorClass> {
-    match status {
-        200..=299 => None,
-        408 | 429 | 500..=599 => Some(ErrorClass::Transient),
-        403 => Some(ErrorClass::Forbidden),
-        _ => Some(ErrorClass::Terminal),
-    }
-}
-
 /// Sends to the configured URL, with the bearer when a `token` secret is set.
 fn request(config: &SinkConfig, method: Method, mut headers: Vec<(&str, String)>, body: &[u8]) -> Result<u16, SinkError> {
-    let url = setting(config, "url").ok_or_else(|| error(ErrorClass::Terminal, "the `url` setting is missing"))?;
-    if let Some((_, token)) = config.secrets.iter().find(|(k, _)| k == "token") {
+    let url = required(config, "url")?;
+    if let Some(token) = secret(config, "token") {
         headers.push(("authorization", format!("Bearer {token}")));
     }
-    send(method, url, &headers, body).map_err(|e| match e {
-        SendError::Invalid(m) => error(ErrorClass::Terminal, m),
-        SendError::Denied => {
-            error(ErrorClass::Terminal, "the host refused the request: the URL's host is not allowed for this sink")
-        }
-        SendError::Unanswered(m) => error(ErrorClass::Transient, format!("no answer: {m}")),
-    })
+    send(method, url, &headers, body).map_err(|e| unanswered(e, url))
 }
 
 impl Guest for HttpSink {
@@ -60,7 +34,7 @@ impl Guest for HttpSink {
 
     fn probe(config: SinkConfig) -> Result<String, SinkError> {
         let status = request(&config, Method::Get, Vec::new(), &[])?;
-        match status_class(status) {
+        match http_status_class(status) {
             // Reachable and authorised is all a probe asks; some receivers answer GET with 404/405.
             Some(class) if status == 401 || status == 403 || class == ErrorClass::Transient => {
                 Err(error(class, format!("probe answered HTTP {status}")))
@@ -84,11 +58,11 @@ impl Guest for HttpSink {
             ("x-sluice-part", format!("{}/{}", r.part_index, r.part_total)),
         ];
         let status = request(&config, method, headers, &r.payload)?;
-        match status_class(status) {
+        match http_status_class(status) {
             None => Ok(Receipt { location: format!("{} (HTTP {status})", setting(&config, "url").unwrap_or_default()) }),
             Some(class) => Err(error(class, format!("the receiver answered HTTP {status}"))),
         }
     }
 }
 
-export!(HttpSink);
+export_sink!(HttpSink);

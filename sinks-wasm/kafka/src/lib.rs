@@ -11,7 +11,7 @@
 //! key's partition, as Kafka's default partitioner picks it). Plain TCP through `wasi:sockets`
 //! (the host allows only the configured brokers: list every broker the cluster advertises).
 
-wit_bindgen::generate!({ path: "../../wit", world: "sink" });
+use sluice_sink_common::*;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -23,7 +23,6 @@ use rskafka::BackoffConfig;
 use rskafka::client::error::ProtocolError;
 use futures_util::StreamExt as _;
 use serde_json::value::RawValue;
-use sluice::plugin::sink_types::{Capabilities, ErrorClass, Family};
 
 struct KafkaSink;
 
@@ -35,18 +34,6 @@ const BATCH_BYTES: usize = 512 * 1024;
 /// being written behind it, it does not (measured in the `sinks` benchmark: 4 in flight make the
 /// sink about 4× faster than one at a time).
 const IN_FLIGHT: usize = 4;
-
-fn get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
-}
-
-fn error(class: ErrorClass, message: impl Into<String>) -> SinkError {
-    SinkError { class, message: message.into() }
-}
-
-fn terminal(message: impl Into<String>) -> SinkError {
-    error(ErrorClass::Terminal, message)
-}
 
 /// Kafka's answers: authorization failures are forbidden; records the broker will never take
 /// and missing topics terminal; connection trouble and the rest transient.
@@ -103,7 +90,7 @@ fn murmur2(data: &[u8]) -> i32 {
 
 /// The brokers to bootstrap from, each checked to be `host:port`.
 fn brokers(config: &SinkConfig) -> Result<Vec<String>, SinkError> {
-    let list = get(&config.settings, "brokers").ok_or_else(|| terminal("the `brokers` setting is missing"))?;
+    let list = setting(&config, "brokers").ok_or_else(|| terminal("the `brokers` setting is missing"))?;
     let mut out = Vec::new();
     for b in list.split([',', ' ']).filter(|b| !b.is_empty()) {
         let (host, port) = b.rsplit_once(':').ok_or_else(|| terminal(format!("broker {b:?} is not host:port")))?;
@@ -142,16 +129,7 @@ async fn connect(config: &SinkConfig) -> Result<Client, SinkError> {
 }
 
 fn topic(config: &SinkConfig) -> Result<&str, SinkError> {
-    get(&config.settings, "topic").filter(|t| !t.is_empty()).ok_or_else(|| terminal("the `topic` setting is missing"))
-}
-
-/// Runs a future to completion on a single-threaded runtime.
-fn block_on<T>(f: impl Future<Output = T>) -> Result<T, SinkError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| error(ErrorClass::Transient, format!("starting the runtime: {e}")))?;
-    Ok(rt.block_on(f))
+    setting(&config, "topic").filter(|t| !t.is_empty()).ok_or_else(|| terminal("the `topic` setting is missing"))
 }
 
 #[derive(serde::Deserialize)]
@@ -165,7 +143,7 @@ async fn deliver(config: &SinkConfig, request: &ExportRequest) -> Result<Receipt
         return Err(terminal(format!("format {:?} is not accepted (json only)", request.format)));
     }
     let topic = topic(config)?;
-    let per_item = match get(&config.settings, "mode").unwrap_or("envelope") {
+    let per_item = match setting(&config, "mode").unwrap_or("envelope") {
         "envelope" => false,
         "item" => true,
         other => return Err(terminal(format!("mode {other:?} is not `envelope` or `item`"))),
@@ -195,7 +173,7 @@ async fn deliver(config: &SinkConfig, request: &ExportRequest) -> Result<Receipt
     };
 
     let client = connect(config).await?;
-    let partition = match get(&config.settings, "partition") {
+    let partition = match setting(&config, "partition") {
         Some(p) => p.parse::<i32>().map_err(|_| terminal(format!("partition {p:?} is not a number")))?,
         None => {
             let topics = client.list_topics().await.map_err(|e| classify(e, "reading the cluster's metadata"))?;
@@ -276,7 +254,7 @@ impl Guest for KafkaSink {
     }
 }
 
-export!(KafkaSink);
+export_sink!(KafkaSink);
 
 #[cfg(test)]
 mod tests {

@@ -13,7 +13,7 @@
 //! server's version. Connections are plain TCP through `wasi:sockets` (the host allows only the
 //! address in `url`); `sslmode=require` is refused as not supported.
 
-wit_bindgen::generate!({ path: "../../wit", world: "sink" });
+use sluice_sink_common::*;
 
 use std::collections::BTreeMap;
 use std::str::FromStr as _;
@@ -24,7 +24,6 @@ use std::collections::HashMap;
 
 use serde_json::value::RawValue;
 use sha2::{Digest as _, Sha256};
-use sluice::plugin::sink_types::{Capabilities, ErrorClass, Family};
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls};
@@ -33,18 +32,6 @@ struct PostgresSink;
 
 /// From this many items on, rows go through `COPY` into a staging table.
 const COPY_FROM: usize = 32;
-
-fn get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
-}
-
-fn error(class: ErrorClass, message: impl Into<String>) -> SinkError {
-    SinkError { class, message: message.into() }
-}
-
-fn terminal(message: impl Into<String>) -> SinkError {
-    error(ErrorClass::Terminal, message)
-}
 
 /// A database error's class: authentication refused and bad statements are terminal, missing
 /// privileges forbidden, connection trouble, conflicts and server shutdowns transient.
@@ -73,7 +60,7 @@ fn classify(e: tokio_postgres::Error, what: &str) -> SinkError {
 
 /// `schema.table` or `table`, quoted; only plain lowercase identifiers.
 fn table_name(config: &SinkConfig) -> Result<String, SinkError> {
-    let name = get(&config.settings, "table").unwrap_or("sluice_exports");
+    let name = setting(&config, "table").unwrap_or("sluice_exports");
     let ok = |part: &str| {
         !part.is_empty()
             && part.len() <= 63
@@ -89,9 +76,9 @@ fn table_name(config: &SinkConfig) -> Result<String, SinkError> {
 
 /// Connects as the configuration says; `(client, "host:port/database")`.
 async fn connect(config: &SinkConfig) -> Result<(Client, String), SinkError> {
-    let url = get(&config.settings, "url").ok_or_else(|| terminal("the `url` setting is missing"))?;
+    let url = setting(&config, "url").ok_or_else(|| terminal("the `url` setting is missing"))?;
     let mut pg = Config::from_str(url).map_err(|e| terminal(format!("url: {e}")))?;
-    if let Some(password) = get(&config.secrets, "password") {
+    if let Some(password) = secret(&config, "password") {
         pg.password(password);
     }
     pg.application_name("sluice");
@@ -124,15 +111,6 @@ async fn connect(config: &SinkConfig) -> Result<(Client, String), SinkError> {
         }
     }
     Err(error(ErrorClass::Transient, last))
-}
-
-/// Runs a future to completion on a single-threaded runtime.
-fn block_on<T>(f: impl Future<Output = T>) -> Result<T, SinkError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .map_err(|e| error(ErrorClass::Transient, format!("starting the runtime: {e}")))?;
-    Ok(rt.block_on(f))
 }
 
 /// An item's key: the `key` fields joined with `/`, or the SHA-256 of the item's (canonical)
@@ -185,7 +163,7 @@ async fn deliver(config: &SinkConfig, request: &ExportRequest) -> Result<Receipt
     let envelope: Envelope =
         serde_json::from_slice(&request.payload).map_err(|e| terminal(format!("the payload is not an export envelope: {e}")))?;
     let table = table_name(config)?;
-    let fields: Vec<&str> = get(&config.settings, "key").map_or(Vec::new(), |k| k.split(',').map(str::trim).filter(|f| !f.is_empty()).collect());
+    let fields: Vec<&str> = setting(&config, "key").map_or(Vec::new(), |k| k.split(',').map(str::trim).filter(|f| !f.is_empty()).collect());
     // By key; a later item with the same key wins.
     let mut rows = BTreeMap::new();
     for (i, item) in envelope.items.iter().enumerate() {
@@ -285,4 +263,4 @@ impl Guest for PostgresSink {
     }
 }
 
-export!(PostgresSink);
+export_sink!(PostgresSink);

@@ -7,12 +7,11 @@
 //! (default `us-east-1`), `prefix` (default empty), `url_style` (`path`, the default, or
 //! `virtual`). Secrets: `access_key`, `secret_key`.
 
-wit_bindgen::generate!({ path: "../../wit", world: "sink" });
+use sluice_sink_common::*;
 
 use std::time::Duration;
 
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
-use sluice::plugin::sink_types::{Capabilities, ErrorClass, Family};
 use sluice_sink_common::{HttpMethod as Method, SendError, send};
 
 struct S3Sink;
@@ -20,24 +19,12 @@ struct S3Sink;
 /// How long a presigned request stays valid.
 const SIGNED_FOR: Duration = Duration::from_secs(300);
 
-fn get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
-}
-
-fn error(class: ErrorClass, message: impl Into<String>) -> SinkError {
-    SinkError { class, message: message.into() }
-}
-
-fn terminal(message: impl Into<String>) -> SinkError {
-    error(ErrorClass::Terminal, message)
-}
-
 /// The bucket and credentials of a configuration.
 fn bucket(config: &SinkConfig) -> Result<(Bucket, Credentials), SinkError> {
-    let endpoint = get(&config.settings, "endpoint").ok_or_else(|| terminal("the `endpoint` setting is missing"))?;
-    let name = get(&config.settings, "bucket").ok_or_else(|| terminal("the `bucket` setting is missing"))?;
-    let region = get(&config.settings, "region").unwrap_or("us-east-1");
-    let style = match get(&config.settings, "url_style").unwrap_or("path") {
+    let endpoint = setting(&config, "endpoint").ok_or_else(|| terminal("the `endpoint` setting is missing"))?;
+    let name = setting(&config, "bucket").ok_or_else(|| terminal("the `bucket` setting is missing"))?;
+    let region = setting(&config, "region").unwrap_or("us-east-1");
+    let style = match setting(&config, "url_style").unwrap_or("path") {
         "path" => UrlStyle::Path,
         "virtual" => UrlStyle::VirtualHost,
         other => return Err(terminal(format!("url_style {other:?} is not `path` or `virtual`"))),
@@ -45,8 +32,8 @@ fn bucket(config: &SinkConfig) -> Result<(Bucket, Credentials), SinkError> {
     let endpoint = url::Url::parse(endpoint).map_err(|e| terminal(format!("endpoint {endpoint:?}: {e}")))?;
     let bucket = Bucket::new(endpoint, style, name.to_owned(), region.to_owned())
         .map_err(|e| terminal(format!("bucket {name:?}: {e}")))?;
-    let key = get(&config.secrets, "access_key").ok_or_else(|| terminal("the `access_key` secret is missing"))?;
-    let secret = get(&config.secrets, "secret_key").ok_or_else(|| terminal("the `secret_key` secret is missing"))?;
+    let key = secret(&config, "access_key").ok_or_else(|| terminal("the `access_key` secret is missing"))?;
+    let secret = secret(&config, "secret_key").ok_or_else(|| terminal("the `secret_key` secret is missing"))?;
     Ok((bucket, Credentials::new(key, secret)))
 }
 
@@ -98,11 +85,11 @@ impl Guest for S3Sink {
 
     fn export(config: SinkConfig, request: ExportRequest) -> Result<Receipt, SinkError> {
         let (bucket, creds) = bucket(&config)?;
-        let key = object_key(get(&config.settings, "prefix").unwrap_or(""), &request);
+        let key = object_key(setting(&config, "prefix").unwrap_or(""), &request);
         let url = bucket.put_object(Some(&creds), &key).sign(SIGNED_FOR);
         classify(send(Method::Put, url.as_str(), &[("content-type", "application/json".into())], &request.payload), "PutObject")?;
         Ok(Receipt { location: format!("s3://{}/{key}", bucket.name()) })
     }
 }
 
-export!(S3Sink);
+export_sink!(S3Sink);

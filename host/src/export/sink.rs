@@ -1,0 +1,104 @@
+//! A configured sink: its loaded component (hot-swapped when the file changes), its network
+//! policy, its circuit breaker and its last connection test.
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use super::policy::Breaker;
+use crate::config::SinkConfigEntry;
+use crate::runtime::Runtime;
+use crate::runtime::sinks::{LoadedSink, NetPolicy, SinkConfig};
+
+/// A sink whose component file changed in a reload.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SinkReload {
+    pub sink: String,
+    pub file: String,
+    /// `type@version sha256:<digest>` now in use, when the new file loaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub component: Option<String>,
+    /// Why the new file was refused (the previous version stays in use).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A configured sink, loaded. Its component is swapped when the file changes (hot reload); a
+/// delivery keeps the version it started with.
+pub struct SinkHandle {
+    pub entry: SinkConfigEntry,
+    pub(super) loaded: arc_swap::ArcSwap<LoadedSink>,
+    pub(super) policy: Arc<NetPolicy>,
+    pub(super) breaker: Mutex<Breaker>,
+    /// The last connection test: `ConnectionVerified` true/false, latency, detail, when.
+    pub(super) connection: Mutex<Option<ConnectionTest>>,
+}
+
+/// A connection test's outcome, as `GET /api/v2/sinks` shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionTest {
+    pub verified: bool,
+    pub latency_ms: u64,
+    pub detail: String,
+    pub at: String,
+}
+
+impl SinkHandle {
+    /// The last connection test, if one ran.
+    pub fn connection(&self) -> Option<ConnectionTest> {
+        self.connection.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The component version in use now.
+    pub fn loaded(&self) -> Arc<LoadedSink> {
+        self.loaded.load_full()
+    }
+
+    /// Loads the component file again when its content changed; a component that fails to
+    /// load leaves the working one in place. `Some(result)` when the file changed.
+    pub(super) fn reload(&self, runtime: &Runtime) -> Option<anyhow::Result<Arc<LoadedSink>>> {
+        let bytes = std::fs::read(&self.entry.component).ok()?;
+        let digest = crate::runtime::component::digest(&bytes);
+        if digest == self.loaded.load().digest {
+            return None;
+        }
+        Some(runtime.load_sink(&self.entry.component).inspect(|new| self.loaded.store(new.clone())))
+    }
+
+    /// The component's configuration with secrets resolved now (from the environment or files).
+    pub(super) fn config(&self) -> anyhow::Result<SinkConfig> {
+        let mut secrets = Vec::new();
+        for (key, source) in &self.entry.secrets {
+            let value = if let Some(var) = source.strip_prefix("env:") {
+                std::env::var(var).with_context(|| format!("sink {}: secret {key}: environment variable {var} is not set", self.entry.name))?
+            } else if let Some(path) = source.strip_prefix("file:") {
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("sink {}: secret {key}: reading {path}", self.entry.name))?
+                    .trim()
+                    .to_owned()
+            } else {
+                anyhow::bail!("sink {}: secret {key} must be env:NAME or file:/path", self.entry.name)
+            };
+            secrets.push((key.clone(), value));
+        }
+        Ok(SinkConfig {
+            name: self.entry.name.clone(),
+            settings: self.entry.settings.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            secrets,
+        })
+    }
+
+    /// A loaded sink with its policy from the configuration and a closed breaker.
+    pub(super) fn new(entry: &SinkConfigEntry, loaded: Arc<LoadedSink>) -> Self {
+        let urls: Vec<&str> = entry.settings.values().map(String::as_str).collect();
+        Self {
+            entry: entry.clone(),
+            loaded: arc_swap::ArcSwap::new(loaded),
+            policy: Arc::new(NetPolicy::for_urls(urls, entry.allow_private)),
+            breaker: Mutex::new(Breaker::open_for(entry.breaker_open_for.0)),
+            connection: Mutex::new(None),
+        }
+    }
+}
