@@ -250,54 +250,8 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(a) => {
-            let mut config = load_config(&a.common)?;
-            if let Some(l) = a.listen {
-                config.server.listen = l;
-            }
-            if let Some(l) = a.health_listen {
-                config.server.health_listen = l;
-            }
-            config.server.insecure_no_tls |= a.insecure_no_tls;
-            if let Some(p) = a.bearer_acl_file {
-                config.auth.bearer_acl_file = Some(p);
-                config.auth.token_file = None;
-            }
-            if let (Some(c), Some(k)) = (a.tls_cert, a.tls_key) {
-                config.server.tls_cert = Some(c);
-                config.server.tls_key = Some(k);
-            }
-            if let Some(p) = a.auth_token_file {
-                config.auth.token_file = Some(p);
-                config.auth.bearer_acl_file = None;
-            }
-            config.validate()?;
-            tokio::runtime::Runtime::new()
-                .context("starting the async runtime")?
-                .block_on(sluice::serve::serve(config))
-        }
-        Command::Demo(DemoCommand::Seed { db, clusters, nodes, hours, seed }) => {
-            let database = sluice::db::Database::open(sluice::db::DbOptions { path: db.clone(), ..Default::default() })?;
-            let started = Instant::now();
-            let opts = sluice::demo::SeedOptions {
-                clusters,
-                nodes_per_cluster: nodes,
-                hours,
-                seed,
-                end_micros: None,
-                progress: true,
-            };
-            let report = sluice::demo::seed(&database, &opts)?;
-            println!(
-                "Seeded {} rows for {} ({} nodes each, {hours} h) into {} in {:.1?}.",
-                report.rows,
-                report.clusters.join(", "),
-                nodes,
-                db.display(),
-                started.elapsed()
-            );
-            Ok(())
-        }
+        Command::Serve(a) => serve(a),
+        Command::Demo(DemoCommand::Seed { db, clusters, nodes, hours, seed }) => demo_seed(&db, clusters, nodes, hours, seed),
         Command::Call(a) | Command::Plugin(PluginCommand::Call(a)) => call(a),
         Command::Plugin(PluginCommand::New { kind: PluginKind::Sink, name, dir, sink_kit, .. }) => {
             let kit = sink_kit.unwrap_or_else(sluice::authoring::default_sink_kit_dir);
@@ -320,42 +274,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("digest sha256:{}", built.digest);
             Ok(())
         }
-        Command::Export(ExportCommand::Run { name, common }) => {
-            let config = load_config(&common)?;
-            config.validate()?;
-            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            rt.block_on(async {
-                let db = sluice::db::Database::open(config.database.to_options())?;
-                let mut plugins = config.plugins.clone();
-                plugins.watch = false;
-                let runtime = sluice::runtime::Runtime::without_plugins(plugins, sluice::metrics::Metrics::new())?;
-                let engine = sluice::export::engine::ExportEngine::new(runtime, db, sluice::metrics::Metrics::new(), &config.sinks, &config.exports)?;
-                let status = engine.run(&name).await.with_context(|| {
-                    let names: Vec<String> = engine.statuses().into_iter().map(|s| s.name).collect();
-                    format!("no export {name:?} in the configuration; there are: {}", names.join(", "))
-                })??;
-                println!("{}", serde_json::to_string_pretty(&status)?);
-                anyhow::ensure!(status.condition != sluice::export::status::Condition::Degraded, "export {name} is degraded: see lastError above");
-                Ok(())
-            })
-        }
-        Command::Plugin(PluginCommand::Inspect { file, json }) => {
-            let scratch = tempdir("inspect")?;
-            let rt = standalone_runtime(&scratch)?;
-            let report = sluice::authoring::inspect(&rt, &file);
-            let _ = std::fs::remove_dir_all(&scratch);
-            let report = report?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{report}");
-            }
-            match (&report.world, &report.load_error) {
-                (None, _) => anyhow::bail!("{} is a component, but not a Sluice tool", file.display()),
-                (Some(_), Some(e)) => anyhow::bail!("{} would be refused: {e}", file.display()),
-                _ => Ok(()),
-            }
-        }
+        Command::Export(ExportCommand::Run { name, common }) => export_run(&name, &common),
+        Command::Plugin(PluginCommand::Inspect { file, json }) => inspect(&file, json),
         Command::Dev(a) => {
             let mut config = match &a.config {
                 Some(p) => Config::load(p)?,
@@ -371,6 +291,98 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let crates = if a.crates.is_empty() { vec![PathBuf::from(".")] } else { a.crates };
             sluice::dev::run(sluice::dev::DevOptions { crates, config, seed_when_empty: !a.no_seed })
         }
+    }
+}
+
+/// `sluice serve`: the configuration with the flags over it, then serve until stopped.
+fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let mut config = load_config(&a.common)?;
+    if let Some(l) = a.listen {
+        config.server.listen = l;
+    }
+    if let Some(l) = a.health_listen {
+        config.server.health_listen = l;
+    }
+    config.server.insecure_no_tls |= a.insecure_no_tls;
+    if let Some(p) = a.bearer_acl_file {
+        config.auth.bearer_acl_file = Some(p);
+        config.auth.token_file = None;
+    }
+    if let (Some(c), Some(k)) = (a.tls_cert, a.tls_key) {
+        config.server.tls_cert = Some(c);
+        config.server.tls_key = Some(k);
+    }
+    if let Some(p) = a.auth_token_file {
+        config.auth.token_file = Some(p);
+        config.auth.bearer_acl_file = None;
+    }
+    config.validate()?;
+    tokio::runtime::Runtime::new()
+        .context("starting the async runtime")?
+        .block_on(sluice::serve::serve(config))
+}
+
+/// `sluice demo seed`.
+fn demo_seed(db: &std::path::Path, clusters: usize, nodes: usize, hours: u32, seed: u64) -> anyhow::Result<()> {
+    let database = sluice::db::Database::open(sluice::db::DbOptions { path: db.to_owned(), ..Default::default() })?;
+    let started = Instant::now();
+    let opts = sluice::demo::SeedOptions {
+        clusters,
+        nodes_per_cluster: nodes,
+        hours,
+        seed,
+        end_micros: None,
+        progress: true,
+    };
+    let report = sluice::demo::seed(&database, &opts)?;
+    println!(
+        "Seeded {} rows for {} ({} nodes each, {hours} h) into {} in {:.1?}.",
+        report.rows,
+        report.clusters.join(", "),
+        nodes,
+        db.display(),
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// `sluice export run`: one export of the configuration, against the local database.
+fn export_run(name: &str, common: &Common) -> anyhow::Result<()> {
+    let config = load_config(&common)?;
+    config.validate()?;
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(async {
+        let db = sluice::db::Database::open(config.database.to_options())?;
+        let mut plugins = config.plugins.clone();
+        plugins.watch = false;
+        let runtime = sluice::runtime::Runtime::without_plugins(plugins, sluice::metrics::Metrics::new())?;
+        let engine = sluice::export::engine::ExportEngine::new(runtime, db, sluice::metrics::Metrics::new(), &config.sinks, &config.exports)?;
+        let status = engine.run(&name).await.with_context(|| {
+            let names: Vec<String> = engine.statuses().into_iter().map(|s| s.name).collect();
+            format!("no export {name:?} in the configuration; there are: {}", names.join(", "))
+        })??;
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        anyhow::ensure!(status.condition != sluice::export::status::Condition::Degraded, "export {name} is degraded: see lastError above");
+        Ok(())
+    })
+}
+
+/// `sluice plugin inspect`.
+fn inspect(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let scratch = tempdir("inspect")?;
+    let rt = standalone_runtime(&scratch)?;
+    let report = sluice::authoring::inspect(&rt, &file);
+    let _ = std::fs::remove_dir_all(&scratch);
+    let report = report?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    match (&report.world, &report.load_error) {
+        (None, _) => anyhow::bail!("{} is a component, but not a Sluice tool", file.display()),
+        (Some(_), Some(e)) => anyhow::bail!("{} would be refused: {e}", file.display()),
+        _ => Ok(()),
     }
 }
 

@@ -184,27 +184,7 @@ impl ExportEngine {
 
     /// Runs a sink's connection test: `(verified, latency, detail or error)`.
     pub async fn probe(&self, sink: &SinkHandle) -> (bool, Duration, String) {
-        let started = Instant::now();
-        let config = match sink.config() {
-            Ok(c) => c,
-            Err(e) => return (false, started.elapsed(), format!("{e:#}")),
-        };
-        let loaded = sink.loaded();
-        let result = self.runtime.sink_probe(&loaded, &config, sink.policy.clone(), sink.entry.timeout.0).await;
-        let ok = result.is_ok();
-        self.metrics.sink_connection_test(&loaded.info.sink_type, ok);
-        let detail = match result {
-            Ok(d) => d,
-            Err(e) => e.to_string(),
-        };
-        let latency = started.elapsed();
-        *sink.connection.lock().unwrap_or_else(|p| p.into_inner()) = Some(ConnectionTest {
-            verified: ok,
-            latency_ms: latency.as_millis() as u64,
-            detail: detail.clone(),
-            at: rfc3339(SystemTime::now()),
-        });
-        (ok, latency, detail)
+        sink.probe(&self.runtime, &self.metrics).await
     }
 
     /// Runs the connection test of every sink configured with `test_on_start`, in the
@@ -470,7 +450,7 @@ impl ExportEngine {
     }
 
     /// Stores a whole payload in the export's spill sink and returns the pointer envelope to
-    /// send instead: the same head, no items, and where the payload went.
+    /// send instead (see [`super::sink::SinkHandle::spill`]).
     async fn spill(
         &self,
         entry: &ExportConfigEntry,
@@ -480,39 +460,7 @@ impl ExportEngine {
     ) -> Result<super::envelope::Part, String> {
         let name = entry.spill_to.as_deref().ok_or("no spill sink")?;
         let store = self.sinks.get(name).ok_or_else(|| format!("no sink named {name:?} to spill to"))?;
-        let config = store.config().map_err(|e| format!("{e:#}"))?;
-        let request = ExportRequest {
-            export: entry.name.clone(),
-            cluster: entry.cluster.clone(),
-            generation: meta.generation,
-            checksum: snapshot.checksum.clone(),
-            part_index: 0,
-            part_total: 1,
-            item_count: whole.item_count as u32,
-            format: "json".into(),
-            payload: whole.json.as_bytes().to_vec(),
-        };
-        let loaded = store.loaded();
-        let receipt = self
-            .runtime
-            .sink_export(&loaded, &config, &request, store.policy.clone(), store.entry.timeout.0)
-            .await
-            .map_err(|e| format!("spilling to {name} failed: {e}"))?;
-        self.metrics.export_bytes(&loaded.info.sink_type, whole.json.len());
-        let pointer = serde_json::json!({
-            "schemaVersion": super::envelope::SCHEMA_VERSION,
-            "export": meta.export,
-            "checksum": snapshot.checksum,
-            "generation": meta.generation,
-            "partIndex": 0,
-            "partTotal": 1,
-            "itemCount": whole.item_count,
-            "exportedAt": meta.exported_at,
-            "cluster": meta.cluster,
-            "spilled": {"sink": name, "location": receipt.location, "bytes": whole.json.len()},
-            "items": [],
-        });
-        Ok(super::envelope::Part { index: 0, total: 1, item_count: whole.item_count, json: pointer.to_string() })
+        store.spill(&self.runtime, &self.metrics, entry, snapshot, meta, whole).await
     }
 
     fn persist(&self, key: (String, String), state: SinkState) {

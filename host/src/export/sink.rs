@@ -2,14 +2,17 @@
 //! policy, its circuit breaker and its last connection test.
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use serde::Serialize;
 
+use super::envelope::{EnvelopeMeta, Part, Snapshot};
 use super::policy::Breaker;
-use crate::config::SinkConfigEntry;
+use crate::config::{ExportConfigEntry, SinkConfigEntry};
+use crate::metrics::Metrics;
 use crate::runtime::Runtime;
-use crate::runtime::sinks::{LoadedSink, NetPolicy, SinkConfig};
+use crate::runtime::sinks::{ExportRequest, LoadedSink, NetPolicy, SinkConfig};
 
 /// A sink whose component file changed in a reload.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -100,5 +103,76 @@ impl SinkHandle {
             breaker: Mutex::new(Breaker::open_for(entry.breaker_open_for.0)),
             connection: Mutex::new(None),
         }
+    }
+
+    /// Runs the connection test: `(verified, latency, detail or error)`, kept for the status.
+    pub(super) async fn probe(&self, runtime: &Runtime, metrics: &Metrics) -> (bool, Duration, String) {
+        let started = Instant::now();
+        let config = match self.config() {
+            Ok(c) => c,
+            Err(e) => return (false, started.elapsed(), format!("{e:#}")),
+        };
+        let loaded = self.loaded();
+        let result = runtime.sink_probe(&loaded, &config, self.policy.clone(), self.entry.timeout.0).await;
+        let ok = result.is_ok();
+        metrics.sink_connection_test(&loaded.info.sink_type, ok);
+        let detail = match result {
+            Ok(d) => d,
+            Err(e) => e.to_string(),
+        };
+        let latency = started.elapsed();
+        *self.connection.lock().unwrap_or_else(|p| p.into_inner()) = Some(ConnectionTest {
+            verified: ok,
+            latency_ms: latency.as_millis() as u64,
+            detail: detail.clone(),
+            at: super::status::rfc3339(SystemTime::now()),
+        });
+        (ok, latency, detail)
+    }
+
+    /// Stores a whole payload in this (object-store) sink and returns the pointer envelope to
+    /// send instead: the same head, no items, and where the payload went.
+    pub(super) async fn spill(
+        &self,
+        runtime: &Runtime,
+        metrics: &Metrics,
+        entry: &ExportConfigEntry,
+        snapshot: &Snapshot,
+        meta: &EnvelopeMeta<'_>,
+        whole: &Part,
+    ) -> Result<Part, String> {
+        let name = &self.entry.name;
+        let config = self.config().map_err(|e| format!("{e:#}"))?;
+        let request = ExportRequest {
+            export: entry.name.clone(),
+            cluster: entry.cluster.clone(),
+            generation: meta.generation,
+            checksum: snapshot.checksum.clone(),
+            part_index: 0,
+            part_total: 1,
+            item_count: whole.item_count as u32,
+            format: "json".into(),
+            payload: whole.json.as_bytes().to_vec(),
+        };
+        let loaded = self.loaded();
+        let receipt = runtime
+            .sink_export(&loaded, &config, &request, self.policy.clone(), self.entry.timeout.0)
+            .await
+            .map_err(|e| format!("spilling to {name} failed: {e}"))?;
+        metrics.export_bytes(&loaded.info.sink_type, whole.json.len());
+        let pointer = serde_json::json!({
+            "schemaVersion": super::envelope::SCHEMA_VERSION,
+            "export": meta.export,
+            "checksum": snapshot.checksum,
+            "generation": meta.generation,
+            "partIndex": 0,
+            "partTotal": 1,
+            "itemCount": whole.item_count,
+            "exportedAt": meta.exported_at,
+            "cluster": meta.cluster,
+            "spilled": {"sink": name, "location": receipt.location, "bytes": whole.json.len()},
+            "items": [],
+        });
+        Ok(Part { index: 0, total: 1, item_count: whole.item_count, json: pointer.to_string() })
     }
 }

@@ -230,23 +230,7 @@ impl Runtime {
             }
         }
 
-        // Names must be unique: the first file (by name) that claims a tool name gets it.
-        let mut tools: BTreeMap<String, Arc<LoadedTool>> = BTreeMap::new();
-        let mut owner: BTreeMap<String, String> = BTreeMap::new();
-        for (file, entry) in files.iter_mut() {
-            let Some(tool) = entry.serving.clone() else { continue };
-            if let Some(first) = owner.get(&tool.name) {
-                let e = format!("tool name {:?} is already provided by {first}", tool.name);
-                tracing::warn!(file = %file, error = %e, "Plugin refused.");
-                report.failed.push((file.clone(), e.clone()));
-                entry.serving = None;
-                entry.error = Some(e);
-                continue;
-            }
-            owner.insert(tool.name.clone(), file.clone());
-            tools.insert(tool.name.clone(), tool);
-        }
-
+        let tools = claim_names(&mut files, &mut report);
         let generation = current.generation + u64::from(changed);
         report.generation = generation;
         if changed {
@@ -349,6 +333,27 @@ impl Runtime {
             outcome,
         ))
     }
+}
+
+/// The tools the registry serves, by name. Names must be unique: the first file (by name) that
+/// claims a tool name gets it; a later one is refused and reported.
+fn claim_names(files: &mut BTreeMap<String, FileEntry>, report: &mut ReloadReport) -> BTreeMap<String, Arc<LoadedTool>> {
+    let mut tools: BTreeMap<String, Arc<LoadedTool>> = BTreeMap::new();
+    let mut owner: BTreeMap<String, String> = BTreeMap::new();
+    for (file, entry) in files.iter_mut() {
+        let Some(tool) = entry.serving.clone() else { continue };
+        if let Some(first) = owner.get(&tool.name) {
+            let e = format!("tool name {:?} is already provided by {first}", tool.name);
+            tracing::warn!(file = %file, error = %e, "Plugin refused.");
+            report.failed.push((file.clone(), e.clone()));
+            entry.serving = None;
+            entry.error = Some(e);
+            continue;
+        }
+        owner.insert(tool.name.clone(), file.clone());
+        tools.insert(tool.name.clone(), tool);
+    }
+    tools
 }
 
 /// `*.wasm` files directly inside `dir`, sorted by name. Hidden files are skipped (editors and
