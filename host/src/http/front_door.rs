@@ -133,6 +133,9 @@ where
         };
         fut.entered = true;
         if let Err(e) = check_sizes(&req, shared.routes.entries[route].max_body, state.max_header_bytes) {
+            if let ApiError::PayloadTooLarge(limit) = e {
+                discard_in_background(req.into_body(), limit);
+            }
             fut.inner = Inner::Ready(Some(e.into_response()));
             return fut;
         }
@@ -221,6 +224,26 @@ fn check_sizes(req: &Request, max_body: usize, max_header_bytes: usize) -> Resul
         return Err(ApiError::PayloadTooLarge(max_body));
     }
     Ok(())
+}
+
+/// Reads and drops the rest of a refused request body for a while (at most 16 times the limit,
+/// 64 MiB, or 10 s), as servers linger before closing: a client that writes its whole body
+/// before reading the answer then gets the 413 instead of a broken connection.
+pub(super) fn discard_in_background(body: axum::body::Body, limit: usize) {
+    use http_body_util::BodyExt as _;
+    let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+    let cap = limit.saturating_mul(16).min(64 << 20);
+    handle.spawn(async move {
+        let mut body = body;
+        let mut read = 0usize;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while read <= cap {
+            match tokio::time::timeout_at(deadline, body.frame()).await {
+                Ok(Some(Ok(frame))) => read += frame.data_ref().map_or(0, |d| d.len()),
+                _ => return,
+            }
+        }
+    });
 }
 
 pub(super) fn source_ip(req: &Request) -> Option<IpAddr> {

@@ -89,10 +89,9 @@ where
         let service = service.clone();
         async move {
             let (parts, body) = req.into_parts();
-            let body = match axum::body::to_bytes(body, max_body).await {
+            let body = match read_limited(body, max_body).await {
                 Ok(b) => b,
-                Err(e) if is_length_limit(&e) => return ApiError::PayloadTooLarge(max_body).into_response(),
-                Err(e) => return ApiError::InvalidRequest(format!("could not read the request body: {e}")).into_response(),
+                Err(e) => return e.into_response(),
             };
             let delete = parts.method == Method::DELETE;
             let req = axum::extract::Request::from_parts(parts, axum::body::Body::from(body));
@@ -106,16 +105,22 @@ where
     })
 }
 
-/// Whether reading a body failed on its length limit.
-fn is_length_limit(e: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = source {
-        if s.is::<http_body_util::LengthLimitError>() {
-            return true;
+/// The whole body, or 413 when it is over `limit` (the rest is read and dropped in the
+/// background, so the client gets the answer), or 400 when it cannot be read.
+async fn read_limited(mut body: axum::body::Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+    use http_body_util::BodyExt as _;
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::InvalidRequest(format!("could not read the request body: {e}")))?;
+        if let Some(data) = frame.data_ref() {
+            if buf.len() + data.len() > limit {
+                super::front_door::discard_in_background(body, limit);
+                return Err(ApiError::PayloadTooLarge(limit));
+            }
+            buf.extend_from_slice(data);
         }
-        source = s.source();
     }
-    false
+    Ok(buf.into())
 }
 
 /// The sessions to tell when the tool list changes.
