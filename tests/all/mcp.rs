@@ -146,17 +146,28 @@ async fn a_real_mcp_client_initializes_lists_and_calls_tools_with_the_bearer() {
     assert!(metrics.contains("route=\"/mcp\""), "{metrics}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn mcp_has_sessions_and_event_streams_at_mcp_and_plain_json_at_the_root() {
-    let dir = TempDir::new("mcp-raw");
+/// The real binary serving no plugins, with the test bearer.
+fn empty_server(tag: &str) -> (TempDir, Server) {
+    let dir = TempDir::new(tag);
     std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
     std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
     let server = Server::start(&dir, &[]);
-    let http = reqwest::Client::new();
-    let init = json!({
+    (dir, server)
+}
+
+/// A JSON-RPC `initialize` as a raw client sends it.
+fn initialize_request() -> Value {
+    json!({
         "jsonrpc": "2.0", "id": 1, "method": "initialize",
         "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}
-    });
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mcp_has_sessions_and_event_streams_at_mcp_and_plain_json_at_the_root() {
+    let (_dir, server) = empty_server("mcp-raw");
+    let http = reqwest::Client::new();
+    let init = initialize_request();
     let post = |path: &str, session: Option<&str>, body: &Value| {
         let mut r = http
             .post(format!("{}{path}", server.api))
@@ -212,15 +223,9 @@ async fn mcp_has_sessions_and_event_streams_at_mcp_and_plain_json_at_the_root() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn closing_a_session_is_200_and_oversized_requests_get_the_json_errors() {
-    let dir = TempDir::new("mcp-close");
-    std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
-    std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
-    let server = Server::start(&dir, &[]);
+    let (_dir, server) = empty_server("mcp-close");
     let http = reqwest::Client::new();
-    let init = json!({
-        "jsonrpc": "2.0", "id": 1, "method": "initialize",
-        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}
-    });
+    let init = initialize_request();
     let resp = http
         .post(format!("{}/mcp", server.api))
         .bearer_auth(TOKEN)
