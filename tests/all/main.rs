@@ -1,6 +1,7 @@
 //! End-to-end tests: the real components (built by `scripts/dev build` into `dist/`), real DuckDB,
 //! the real router and, in `binary`, the real `sluice` binary.
 
+mod architecture;
 mod bad_input;
 mod catalogue;
 mod exports;

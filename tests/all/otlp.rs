@@ -224,3 +224,20 @@ async fn bad_ingest_requests_get_clear_errors_and_write_nothing() {
     assert!(r.text.contains("larger than"), "{}", r.text);
     assert_eq!(count(&gw, "SELECT count(*) FROM events"), 0);
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_both_encodings_of_the_ingest_body() {
+    let gw = crate::common::TestGateway::start(crate::common::GatewayOptions { seed: false, ..Default::default() });
+    let doc = gw.request("GET", "/api/v2/openapi.json", None).await.body;
+    let body = &doc["paths"]["/v1/metrics"]["post"]["requestBody"];
+    assert!(body["content"]["application/x-protobuf"].is_object(), "{body}");
+    let json = &body["content"]["application/json"];
+    assert_eq!(json["example"]["resourceMetrics"][0]["scopeMetrics"][0]["metrics"][0]["name"], "ingero.node.health_score", "{body}");
+    // The example is a request the endpoint takes.
+    let r = gw
+        .request_raw("POST", "/v1/metrics", &[("authorization", &format!("Bearer {}", crate::common::ADMIN_TOKEN)), ("content-type", "application/json")], json["example"].to_string().into_bytes())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let stored: i64 = gw.gateway.db().writer().query_row("SELECT count(*) FROM events WHERE metric_name = 'ingero.node.health_score'", [], |r| r.get(0)).unwrap();
+    assert_eq!(stored, 1);
+}
