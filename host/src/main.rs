@@ -348,7 +348,7 @@ fn demo_seed(db: &std::path::Path, clusters: usize, nodes: usize, hours: u32, se
 
 /// `sluice export run`: one export of the configuration, against the local database.
 fn export_run(name: &str, common: &Common) -> anyhow::Result<()> {
-    let config = load_config(&common)?;
+    let config = load_config(common)?;
     config.validate()?;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async {
@@ -357,7 +357,7 @@ fn export_run(name: &str, common: &Common) -> anyhow::Result<()> {
         plugins.watch = false;
         let runtime = sluice::runtime::Runtime::without_plugins(plugins, sluice::metrics::Metrics::new())?;
         let engine = sluice::export::engine::ExportEngine::new(runtime, db, sluice::metrics::Metrics::new(), &config.sinks, &config.exports)?;
-        let status = engine.run(&name).await.with_context(|| {
+        let status = engine.run(name).await.with_context(|| {
             let names: Vec<String> = engine.statuses().into_iter().map(|s| s.name).collect();
             format!("no export {name:?} in the configuration; there are: {}", names.join(", "))
         })??;
@@ -371,7 +371,7 @@ fn export_run(name: &str, common: &Common) -> anyhow::Result<()> {
 fn inspect(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let scratch = tempdir("inspect")?;
     let rt = standalone_runtime(&scratch)?;
-    let report = sluice::authoring::inspect(&rt, &file);
+    let report = sluice::authoring::inspect(&rt, file);
     let _ = std::fs::remove_dir_all(&scratch);
     let report = report?;
     if json {

@@ -241,7 +241,7 @@ mod tests {
         let debounced = SinkExportStatus::new("b", Synced::Debounced, String::new());
         let transient = SinkExportStatus::failed("c", FailureClass::Transient, "down".into());
         let terminal = SinkExportStatus::failed("d", FailureClass::Terminal, "bad password".into());
-        assert_eq!(Condition::of(&[ok.clone()]), Condition::Synced);
+        assert_eq!(Condition::of(std::slice::from_ref(&ok)), Condition::Synced);
         assert_eq!(Condition::of(&[ok.clone(), debounced]), Condition::PartiallySynced);
         assert_eq!(Condition::of(&[ok.clone(), transient.clone()]), Condition::PartiallySynced);
         assert_eq!(Condition::of(&[ok, transient, terminal]), Condition::Degraded);

@@ -39,12 +39,12 @@ struct Remote {
 
 impl Remote {
     fn of(config: &SinkConfig) -> Result<Self, SinkError> {
-        let url = setting(&config, "url").ok_or_else(|| terminal("the `url` setting is missing"))?;
+        let url = setting(config, "url").ok_or_else(|| terminal("the `url` setting is missing"))?;
         if !(url.starts_with("https://") || url.starts_with("http://")) {
             return Err(terminal(format!("url {url:?}: only http(s) remotes are supported")));
         }
-        let authorization = secret(&config, "token").map(|token| {
-            let user = setting(&config, "username").unwrap_or("x-access-token");
+        let authorization = secret(config, "token").map(|token| {
+            let user = setting(config, "username").unwrap_or("x-access-token");
             format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{token}")))
         });
         Ok(Self { url: url.trim_end_matches('/').to_owned(), authorization })
@@ -152,7 +152,7 @@ impl Remote {
 
 /// The file's path inside the repository, split; `{export}` replaced.
 fn file_path(config: &SinkConfig, export: &str) -> Result<Vec<String>, SinkError> {
-    let path = setting(&config, "path").unwrap_or("exports/{export}.json").replace("{export}", export);
+    let path = setting(config, "path").unwrap_or("exports/{export}.json").replace("{export}", export);
     let parts: Vec<String> = path.split('/').map(str::to_owned).collect();
     if parts.iter().any(|p| p.is_empty() || p == "." || p == ".." || p.eq_ignore_ascii_case(".git") || p.contains('\0')) {
         return Err(terminal(format!("path {path:?} is not a plain relative path")));
@@ -161,7 +161,7 @@ fn file_path(config: &SinkConfig, export: &str) -> Result<Vec<String>, SinkError
 }
 
 fn branch(config: &SinkConfig) -> Result<&str, SinkError> {
-    let b = setting(&config, "branch").unwrap_or("main");
+    let b = setting(config, "branch").unwrap_or("main");
     if b.is_empty() || b.contains([' ', '~', '^', ':', '?', '*', '[', '\\']) || b.contains("..") || b.starts_with('/') {
         return Err(terminal(format!("branch {b:?} is not a valid branch name")));
     }
@@ -187,15 +187,15 @@ fn content(request: &ExportRequest) -> Result<(Vec<u8>, u64), SinkError> {
 fn deliver(config: &SinkConfig, request: &ExportRequest) -> Result<Receipt, SinkError> {
     let remote = Remote::of(config)?;
     let branch = branch(config)?;
-    match setting(&config, "policy").unwrap_or("commit") {
+    match setting(config, "policy").unwrap_or("commit") {
         "commit" => {}
         other => return Err(terminal(format!("push policy {other:?} is not supported: this component pushes with `commit` only"))),
     }
     let path = file_path(config, &request.export)?;
     let path: Vec<&str> = path.iter().map(String::as_str).collect();
     let (text, items) = content(request)?;
-    let name = setting(&config, "author_name").unwrap_or("Sluice");
-    let email = setting(&config, "author_email").unwrap_or("sluice@localhost");
+    let name = setting(config, "author_name").unwrap_or("Sluice");
+    let email = setting(config, "author_email").unwrap_or("sluice@localhost");
     let checksum12 = request.checksum.get(..12).unwrap_or(&request.checksum);
     let message = format!("chore({}/{}): export {items} items @ {checksum12}\n", request.cluster, request.export);
     let target = format!("refs/heads/{branch}");

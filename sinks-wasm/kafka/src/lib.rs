@@ -90,7 +90,7 @@ fn murmur2(data: &[u8]) -> i32 {
 
 /// The brokers to bootstrap from, each checked to be `host:port`.
 fn brokers(config: &SinkConfig) -> Result<Vec<String>, SinkError> {
-    let list = setting(&config, "brokers").ok_or_else(|| terminal("the `brokers` setting is missing"))?;
+    let list = setting(config, "brokers").ok_or_else(|| terminal("the `brokers` setting is missing"))?;
     let mut out = Vec::new();
     for b in list.split([',', ' ']).filter(|b| !b.is_empty()) {
         let (host, port) = b.rsplit_once(':').ok_or_else(|| terminal(format!("broker {b:?} is not host:port")))?;
@@ -129,7 +129,7 @@ async fn connect(config: &SinkConfig) -> Result<Client, SinkError> {
 }
 
 fn topic(config: &SinkConfig) -> Result<&str, SinkError> {
-    setting(&config, "topic").filter(|t| !t.is_empty()).ok_or_else(|| terminal("the `topic` setting is missing"))
+    setting(config, "topic").filter(|t| !t.is_empty()).ok_or_else(|| terminal("the `topic` setting is missing"))
 }
 
 #[derive(serde::Deserialize)]
@@ -143,7 +143,7 @@ async fn deliver(config: &SinkConfig, request: &ExportRequest) -> Result<Receipt
         return Err(terminal(format!("format {:?} is not accepted (json only)", request.format)));
     }
     let topic = topic(config)?;
-    let per_item = match setting(&config, "mode").unwrap_or("envelope") {
+    let per_item = match setting(config, "mode").unwrap_or("envelope") {
         "envelope" => false,
         "item" => true,
         other => return Err(terminal(format!("mode {other:?} is not `envelope` or `item`"))),
@@ -173,7 +173,7 @@ async fn deliver(config: &SinkConfig, request: &ExportRequest) -> Result<Receipt
     };
 
     let client = connect(config).await?;
-    let partition = match setting(&config, "partition") {
+    let partition = match setting(config, "partition") {
         Some(p) => p.parse::<i32>().map_err(|_| terminal(format!("partition {p:?} is not a number")))?,
         None => {
             let topics = client.list_topics().await.map_err(|e| classify(e, "reading the cluster's metadata"))?;
