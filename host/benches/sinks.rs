@@ -161,11 +161,15 @@ fn main() {
 
     // 2. Kafka.
     let tansu_bin = std::env::var("SLUICE_TANSU").expect("SLUICE_TANSU is not set: run `scripts/dev bench`");
+    // The broker's SQLite log in memory (tmpfs) when there is one: the benchmark measures the
+    // sink against a native producer, not the disk's fsync.
+    let tansu_dir = Path::new("/dev/shm").join(format!("sluice-bench-tansu-{}", std::process::id()));
+    let tansu_dir = if std::fs::create_dir_all(&tansu_dir).is_ok() { tansu_dir } else { scratch.clone() };
     let addr = format!("127.0.0.1:{}", free_port());
     let url = format!("tcp://{addr}");
     let _broker = Tansu(
         Command::new(tansu_bin)
-            .current_dir(&scratch)
+            .current_dir(&tansu_dir)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://tansu.db"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
