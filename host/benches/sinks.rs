@@ -160,9 +160,13 @@ fn main() {
     drop(pg);
 
     // 2. Kafka.
-    let tansu_bin = std::env::var("SLUICE_TANSU").expect("SLUICE_TANSU is not set: run `scripts/dev bench`");
-    // The broker's SQLite log in memory (tmpfs) when there is one: the benchmark measures the
-    // sink against a native producer, not the disk's fsync.
+    // A broker with in-memory storage (`scripts/dev bench` builds one), so the figure measures the
+    // sink; otherwise the tests' broker with SQLite storage, which is slower than either producer.
+    let (tansu_bin, storage) = match std::env::var("SLUICE_TANSU_MEMORY") {
+        Ok(bin) => (bin, "memory://tansu/"),
+        Err(_) => (std::env::var("SLUICE_TANSU").expect("SLUICE_TANSU is not set: run `scripts/dev bench`"), "sqlite://tansu.db"),
+    };
+    println!("kafka: tansu with {storage} storage");
     let tansu_dir = Path::new("/dev/shm").join(format!("sluice-bench-tansu-{}", std::process::id()));
     let tansu_dir = if std::fs::create_dir_all(&tansu_dir).is_ok() { tansu_dir } else { scratch.clone() };
     let addr = format!("127.0.0.1:{}", free_port());
@@ -170,7 +174,7 @@ fn main() {
     let _broker = Tansu(
         Command::new(tansu_bin)
             .current_dir(&tansu_dir)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://tansu.db"])
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", storage])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

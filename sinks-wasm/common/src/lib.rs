@@ -8,7 +8,7 @@
 //! - One HTTP request over `wasi:http` ([`send`], [`exchange`]) and host name resolution
 //!   ([`resolve`]); with the `async` feature, [`block_on`] for sinks written with tokio.
 //!
-//! ```ignore
+//! ```text
 //! use sluice_sink_common::*;
 //!
 //! struct Hook;
