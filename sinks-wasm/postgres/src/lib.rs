@@ -60,7 +60,7 @@ fn classify(e: tokio_postgres::Error, what: &str) -> SinkError {
 
 /// `schema.table` or `table`, quoted; only plain lowercase identifiers.
 fn table_name(config: &SinkConfig) -> Result<String, SinkError> {
-    let name = setting(&config, "table").unwrap_or("sluice_exports");
+    let name = setting(config, "table").unwrap_or("sluice_exports");
     let ok = |part: &str| {
         !part.is_empty()
             && part.len() <= 63
@@ -76,9 +76,9 @@ fn table_name(config: &SinkConfig) -> Result<String, SinkError> {
 
 /// Connects as the configuration says; `(client, "host:port/database")`.
 async fn connect(config: &SinkConfig) -> Result<(Client, String), SinkError> {
-    let url = setting(&config, "url").ok_or_else(|| terminal("the `url` setting is missing"))?;
+    let url = setting(config, "url").ok_or_else(|| terminal("the `url` setting is missing"))?;
     let mut pg = Config::from_str(url).map_err(|e| terminal(format!("url: {e}")))?;
-    if let Some(password) = secret(&config, "password") {
+    if let Some(password) = secret(config, "password") {
         pg.password(password);
     }
     pg.application_name("sluice");
@@ -163,7 +163,7 @@ async fn deliver(config: &SinkConfig, request: &ExportRequest) -> Result<Receipt
     let envelope: Envelope =
         serde_json::from_slice(&request.payload).map_err(|e| terminal(format!("the payload is not an export envelope: {e}")))?;
     let table = table_name(config)?;
-    let fields: Vec<&str> = setting(&config, "key").map_or(Vec::new(), |k| k.split(',').map(str::trim).filter(|f| !f.is_empty()).collect());
+    let fields: Vec<&str> = setting(config, "key").map_or(Vec::new(), |k| k.split(',').map(str::trim).filter(|f| !f.is_empty()).collect());
     // By key; a later item with the same key wins.
     let mut rows = BTreeMap::new();
     for (i, item) in envelope.items.iter().enumerate() {

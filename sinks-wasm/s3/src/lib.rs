@@ -21,10 +21,10 @@ const SIGNED_FOR: Duration = Duration::from_secs(300);
 
 /// The bucket and credentials of a configuration.
 fn bucket(config: &SinkConfig) -> Result<(Bucket, Credentials), SinkError> {
-    let endpoint = setting(&config, "endpoint").ok_or_else(|| terminal("the `endpoint` setting is missing"))?;
-    let name = setting(&config, "bucket").ok_or_else(|| terminal("the `bucket` setting is missing"))?;
-    let region = setting(&config, "region").unwrap_or("us-east-1");
-    let style = match setting(&config, "url_style").unwrap_or("path") {
+    let endpoint = setting(config, "endpoint").ok_or_else(|| terminal("the `endpoint` setting is missing"))?;
+    let name = setting(config, "bucket").ok_or_else(|| terminal("the `bucket` setting is missing"))?;
+    let region = setting(config, "region").unwrap_or("us-east-1");
+    let style = match setting(config, "url_style").unwrap_or("path") {
         "path" => UrlStyle::Path,
         "virtual" => UrlStyle::VirtualHost,
         other => return Err(terminal(format!("url_style {other:?} is not `path` or `virtual`"))),
@@ -32,8 +32,8 @@ fn bucket(config: &SinkConfig) -> Result<(Bucket, Credentials), SinkError> {
     let endpoint = url::Url::parse(endpoint).map_err(|e| terminal(format!("endpoint {endpoint:?}: {e}")))?;
     let bucket = Bucket::new(endpoint, style, name.to_owned(), region.to_owned())
         .map_err(|e| terminal(format!("bucket {name:?}: {e}")))?;
-    let key = secret(&config, "access_key").ok_or_else(|| terminal("the `access_key` secret is missing"))?;
-    let secret = secret(&config, "secret_key").ok_or_else(|| terminal("the `secret_key` secret is missing"))?;
+    let key = secret(config, "access_key").ok_or_else(|| terminal("the `access_key` secret is missing"))?;
+    let secret = secret(config, "secret_key").ok_or_else(|| terminal("the `secret_key` secret is missing"))?;
     Ok((bucket, Credentials::new(key, secret)))
 }
 
