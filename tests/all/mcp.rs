@@ -225,15 +225,19 @@ async fn mcp_has_sessions_and_event_streams_at_mcp_and_plain_json_at_the_root() 
 async fn closing_a_session_is_200_and_oversized_requests_get_the_json_errors() {
     let (_dir, server) = empty_server("mcp-close");
     let http = reqwest::Client::new();
-    let init = initialize_request();
-    let resp = http
-        .post(format!("{}/mcp", server.api))
-        .bearer_auth(TOKEN)
-        .header("accept", "application/json, text/event-stream")
-        .json(&init)
-        .send()
-        .await
-        .unwrap();
+    // One MCP POST with the bearer, in a session or not.
+    let post = |path: &str, session: Option<&str>, body: &Value| {
+        let mut r = http
+            .post(format!("{}{path}", server.api))
+            .bearer_auth(TOKEN)
+            .header("accept", "application/json, text/event-stream")
+            .json(body);
+        if let Some(s) = session {
+            r = r.header("mcp-session-id", s);
+        }
+        r.send()
+    };
+    let resp = post("/mcp", None, &initialize_request()).await.unwrap();
     assert_eq!(resp.status(), 200);
     let session = resp.headers()["mcp-session-id"].to_str().unwrap().to_owned();
     drop(resp.text().await);
@@ -242,29 +246,14 @@ async fn closing_a_session_is_200_and_oversized_requests_get_the_json_errors() {
     let r = close(session.clone()).await.unwrap();
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
     // The session is gone.
-    let r = http
-        .post(format!("{}/mcp", server.api))
-        .bearer_auth(TOKEN)
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-session-id", &session)
-        .json(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}))
-        .send()
-        .await
-        .unwrap();
+    let r = post("/mcp", Some(&session), &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})).await.unwrap();
     assert!(r.status().is_client_error(), "a closed session must not answer: {}", r.status());
 
     // A 2 MiB JSON-RPC body (over the default 1 MiB server.max_body) at either MCP path.
     let pad = "x".repeat(2 << 20);
     for path in ["/", "/mcp"] {
         let body = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {"pad": pad}});
-        let r = http
-            .post(format!("{}{path}", server.api))
-            .bearer_auth(TOKEN)
-            .header("accept", "application/json, text/event-stream")
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let r = post(path, None, &body).await.unwrap();
         assert_eq!(r.status(), 413, "{path}");
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["code"], "payload_too_large", "{v}");
