@@ -70,6 +70,15 @@ enum Command {
     /// Exports, without the server.
     #[command(subcommand)]
     Export(ExportCommand),
+    /// Ask a health listener on loopback (plain HTTP) and exit 0 when it answers 2xx: an exec
+    /// probe for containers without curl, e.g. `sluice probe http://127.0.0.1:8080/readyz`.
+    Probe {
+        /// http://127.0.0.1:PORT/PATH (loopback only).
+        url: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 2)]
+        timeout: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -186,6 +195,11 @@ struct ServeArgs {
     /// TLS private key (PEM).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Check the configuration (every key, type and value, with the flags over it) and exit:
+    /// non-zero with the key named when something is wrong. Paths that do not exist on this
+    /// machine are warnings, so a configuration made for another machine can be checked here.
+    #[arg(long)]
+    check_config: bool,
 }
 
 #[derive(Subcommand)]
@@ -275,6 +289,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Export(ExportCommand::Run { name, common }) => export_run(&name, &common),
+        Command::Probe { url, timeout } => probe(&url, std::time::Duration::from_secs(timeout)),
         Command::Plugin(PluginCommand::Inspect { file, json }) => inspect(&file, json),
         Command::Dev(a) => {
             let mut config = match &a.config {
@@ -317,9 +332,44 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         config.auth.bearer_acl_file = None;
     }
     config.validate()?;
+    if a.check_config {
+        return check_config(&config, a.common.config.as_deref());
+    }
     tokio::runtime::Runtime::new()
         .context("starting the async runtime")?
         .block_on(sluice::serve::serve(config))
+}
+
+/// `sluice serve --check-config`: the listener policy too, then the paths that are not here as
+/// warnings.
+fn check_config(config: &Config, file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    sluice::serve::check_listen_policy(config)?;
+    let missing = config.missing_paths();
+    for m in &missing {
+        eprintln!("warning: {m}");
+    }
+    let what = file.map_or_else(|| "the defaults".to_owned(), |f| f.display().to_string());
+    println!("{what}: configuration OK ({} warning{})", missing.len(), if missing.len() == 1 { "" } else { "s" });
+    Ok(())
+}
+
+/// `sluice probe URL`: one GET over plain HTTP to a loopback address; Ok on a 2xx answer.
+fn probe(url: &str, timeout: std::time::Duration) -> anyhow::Result<()> {
+    use std::io::{Read as _, Write as _};
+    let rest = url.strip_prefix("http://").context("sluice probe takes http://127.0.0.1:PORT/PATH")?;
+    let (authority, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
+    let addr: SocketAddr = authority.parse().with_context(|| format!("{authority:?} is not an IP:PORT"))?;
+    anyhow::ensure!(addr.ip().is_loopback(), "sluice probe only asks loopback addresses, not {addr}");
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n")?;
+    let mut head = [0u8; 64];
+    let n = stream.read(&mut head).with_context(|| format!("reading the answer from {addr}"))?;
+    let status = std::str::from_utf8(&head[..n]).ok().and_then(|h| h.split(' ').nth(1)).unwrap_or("?").to_owned();
+    anyhow::ensure!(status.starts_with('2'), "{url} answered {status}");
+    println!("{url}: {status}");
+    Ok(())
 }
 
 /// `sluice demo seed`.

@@ -21,7 +21,7 @@ fn signal(child: &Child, sig: &str) {
 pub(crate) struct Server {
     child: Child,
     pub(crate) api: String,
-    health: String,
+    pub(crate) health: String,
 }
 
 impl Server {
@@ -258,19 +258,21 @@ async fn api_versions_is_public_and_limited_per_source_ip() {
     assert_eq!(r.status(), 200);
 }
 
-fn write_cert(dir: &TempDir) -> String {
+/// A self-signed certificate for localhost and 127.0.0.1 as `cert.pem` and `key.pem` in `dir`;
+/// returns the certificate (its own CA).
+pub(crate) fn write_cert(dir: &std::path::Path) -> String {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
     let pem = ck.cert.pem();
     // Replace each file atomically, as a certificate manager would.
     for (name, body) in [("cert.pem", pem.clone()), ("key.pem", ck.signing_key.serialize_pem())] {
-        let tmp = dir.path().join(format!(".{name}.tmp"));
+        let tmp = dir.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, body).unwrap();
-        std::fs::rename(&tmp, dir.path().join(name)).unwrap();
+        std::fs::rename(&tmp, dir.join(name)).unwrap();
     }
     pem
 }
 
-fn https_client(ca_pem: &str) -> reqwest::Client {
+pub(crate) fn https_client(ca_pem: &str) -> reqwest::Client {
     reqwest::Client::builder()
         .tls_built_in_root_certs(false)
         .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
@@ -283,7 +285,7 @@ async fn serves_https_with_a_certificate_and_reloads_it_on_change() {
     let dir = TempDir::new("tls");
     std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
     std::fs::write(dir.path().join("token"), TOKEN).unwrap();
-    let first = write_cert(&dir);
+    let first = write_cert(dir.path());
     let server = Server::start_with(&dir, &["--tls-cert", "cert.pem", "--tls-key", "key.pem"], &[]);
     assert!(server.api.starts_with("https://127.0.0.1:"), "{}", server.api);
 
@@ -298,7 +300,7 @@ async fn serves_https_with_a_certificate_and_reloads_it_on_change() {
     assert!(r.is_err() || r.unwrap().status() != 200);
 
     // A new certificate is picked up without a restart.
-    let second = write_cert(&dir);
+    let second = write_cert(dir.path());
     let started = Instant::now();
     loop {
         let r = https_client(&second).get(format!("{}/api/v2/whoami", server.api)).bearer_auth(TOKEN).send().await;

@@ -8,6 +8,7 @@ mod exports;
 mod authoring;
 mod binary;
 mod common;
+mod deploy;
 mod front_door;
 mod git;
 mod hostile;

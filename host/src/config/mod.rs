@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde::Deserialize;
 
+mod check;
 mod units;
 pub use units::{ByteSize, HumanDuration};
 

@@ -1,0 +1,56 @@
+{{/* The chart's name. */}}
+{{- define "sluice.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The release's full name: <release>-<chart>, or the release name when it contains the chart's. */}}
+{{- define "sluice.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "sluice.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "sluice.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "sluice.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "sluice.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "sluice.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "sluice.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "sluice.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "sluice.fullname" .)) .Values.tls.secretName }}
+{{- end }}
+
+{{- define "sluice.authSecretName" -}}
+{{- default (printf "%s-auth" (include "sluice.fullname" .)) .Values.auth.existingSecret }}
+{{- end }}
+
+{{/* Refuse combinations that cannot work. */}}
+{{- define "sluice.validate" -}}
+{{- if and .Values.plainHttp.enabled .Values.serviceMonitor.enabled }}
+{{- fail "plainHttp.enabled serves on the pod's loopback only, where Prometheus cannot scrape: turn serviceMonitor.enabled off, or serve TLS (tls.secretName)" }}
+{{- end }}
+{{- if and .Values.auth.existingSecret .Values.auth.bearers }}
+{{- fail "auth.existingSecret and auth.bearers are exclusive: name a Secret, or list the bearers for the chart to put in one" }}
+{{- end }}
+{{- end }}
