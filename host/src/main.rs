@@ -36,11 +36,16 @@ impl Cli {
     }
 }
 
+/// What is logged unless `SLUICE_LOG` says otherwise: Sluice at INFO, the libraries it uses at
+/// WARN (the MCP library logs three INFO lines per stateless request: noise that drowns the
+/// audit trail and costs CPU).
+const DEFAULT_LOG_FILTER: &str = "info,rmcp=warn";
+
 /// Logs to stderr in `format`, filtered by `SLUICE_LOG` (default `info`). Text has colours only
 /// on a terminal, so a log written to a file or a pipe (systemd, Kubernetes) is plain text.
 fn init_logging(format: sluice::config::LogFormat) {
     use std::io::IsTerminal as _;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| DEFAULT_LOG_FILTER.into());
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         sluice::config::LogFormat::Json => logs.json().init(),

@@ -30,16 +30,25 @@ impl Server {
     }
 
     pub(crate) fn start_with(dir: &TempDir, transport: &[&str], extra: &[&str]) -> Self {
-        let mut child = Command::new(sluice_bin())
-            .current_dir(dir.path())
+        let mut cmd = Self::command(dir, transport, extra);
+        cmd.env("SLUICE_LOG", "warn");
+        Self::spawn(cmd)
+    }
+
+    /// The `sluice serve` command line `start_with` runs, for a test that sets up the rest.
+    pub(crate) fn command(dir: &TempDir, transport: &[&str], extra: &[&str]) -> Command {
+        let mut cmd = Command::new(sluice_bin());
+        cmd.current_dir(dir.path())
             .args(["serve", "--db", "fleet.duckdb", "--plugins", "plugins", "--auth-token-file", "token"])
             .args(transport)
             .args(["--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0"])
-            .args(extra)
-            .env("SLUICE_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .args(extra);
+        cmd
+    }
+
+    /// Starts `cmd` and waits for its listening line.
+    pub(crate) fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         assert!(line.starts_with("sluice listening api=http"), "unexpected first line: {line:?}");

@@ -270,3 +270,54 @@ async fn closing_a_session_is_200_and_oversized_requests_get_the_json_errors() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["code"], "request_header_fields_too_large", "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_stateless_mcp_calls_log_nothing_at_info_or_above() {
+    let dir = TempDir::new("mcp-quiet");
+    std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+    std::fs::copy(component("trivial"), dir.path().join("plugins/trivial.wasm")).unwrap();
+    std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+    // Audit lines to their own file; the log (stderr) as an operator gets it, with the default
+    // filter (no SLUICE_LOG) and limits that 1 000 quick calls stay under.
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        "[audit]\ndestination = \"audit.log\"\n[rate_limit]\nrequests_per_second = 100000\nburst = 100000\n",
+    )
+    .unwrap();
+    let log = dir.path().join("stderr.log");
+    let mut cmd = Server::command(&dir, &["--insecure-no-tls"], &["--config", "sluice.toml"]);
+    cmd.env_remove("SLUICE_LOG").stderr(std::fs::File::create(&log).unwrap());
+    let server = Server::spawn(cmd);
+    let before = std::fs::read_to_string(&log).unwrap();
+    assert!(before.contains("INFO"), "the default filter logs Sluice's own INFO lines: {before}");
+
+    let http = reqwest::Client::new();
+    for i in 0..1000 {
+        let call = json!({"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": "test.trivial", "arguments": {}}});
+        let r = http
+            .post(format!("{}/", server.api))
+            .bearer_auth(TOKEN)
+            .header("accept", "application/json, text/event-stream")
+            .json(&call)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let answer: Value = r.json().await.unwrap();
+        assert!(answer["result"]["isError"] != json!(true) && answer["result"].is_object(), "{answer}");
+    }
+    let after = std::fs::read_to_string(&log).unwrap();
+    let new = &after[before.len()..];
+    assert!(new.is_empty(), "1 000 stateless MCP calls logged: {}", new.lines().take(5).collect::<Vec<_>>().join("\n"));
+    // Each call is audited (the audit writer runs behind the requests: wait for it).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+        let calls = audit.lines().filter(|l| l.contains("\"event\":\"tool_call\"")).count();
+        if calls >= 1000 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{calls} of 1 000 calls audited");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
