@@ -18,7 +18,8 @@ enum Sink {
 }
 
 enum Msg {
-    Line(String),
+    /// An event and when it happened: the writer thread serialises it, off the request path.
+    Event(std::time::SystemTime, Box<AuditEvent>),
     Flush(std::sync::mpsc::Sender<()>),
 }
 
@@ -42,8 +43,11 @@ fn writer_thread(mut out: Box<dyn std::io::Write + Send>) -> std::sync::mpsc::Sy
                 // Write everything queued, then flush once.
                 while let Some(msg) = next.take().or_else(|| rx.try_recv().ok()) {
                     match msg {
-                        Msg::Line(l) => {
-                            if let Err(e) = writeln!(out, "{l}")
+                        Msg::Event(at, ev) => {
+                            let written = serde_json::to_writer(&mut out, &Line::of(at, &ev))
+                                .map_err(std::io::Error::from)
+                                .and_then(|()| out.write_all(b"\n"));
+                            if let Err(e) = written
                                 && !failed
                             {
                                 failed = true;
@@ -123,45 +127,16 @@ impl AuditLog {
         (Self { sink: Sink::Memory(lines.clone()) }, lines)
     }
 
-    /// Writes one line. Failing to write is logged, never fatal to the request.
+    /// Records one line: queued for the writer thread, which serialises and writes it. Failing
+    /// to write is logged, never fatal to the request.
     pub fn record(&self, ev: AuditEvent) {
-        #[derive(serde::Serialize)]
-        struct Line<'a> {
-            ts: String,
-            event: &'a str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            req_id: Option<&'a str>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            bearer_hash: Option<&'a str>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            bearer_key_name: Option<&'a str>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            source_ip: Option<IpAddr>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            tool: Option<&'a str>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            cluster_id: Option<&'a str>,
-            #[serde(flatten)]
-            extra: &'a Map<String, Value>,
-        }
-        let line = Line {
-            ts: humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
-            event: ev.event,
-            req_id: ev.req_id.as_deref(),
-            bearer_hash: ev.bearer_hash.as_deref(),
-            bearer_key_name: ev.bearer_key_name.as_deref(),
-            source_ip: ev.source_ip,
-            tool: ev.tool.as_deref(),
-            cluster_id: ev.cluster_id.as_deref(),
-            extra: &ev.extra,
-        };
+        let at = std::time::SystemTime::now();
         match &self.sink {
             Sink::Writer(tx) => {
-                let text = serde_json::to_string(&line).expect("an audit line serialises");
-                let _ = tx.send(Msg::Line(text));
+                let _ = tx.send(Msg::Event(at, Box::new(ev)));
             }
             Sink::Memory(lines) => {
-                let value = serde_json::to_value(&line).expect("an audit line serialises");
+                let value = serde_json::to_value(Line::of(at, &ev)).expect("an audit line serialises");
                 lines.lock().unwrap_or_else(|p| p.into_inner()).push(value);
             }
         }
@@ -174,6 +149,43 @@ impl AuditLog {
             if tx.send(Msg::Flush(ack)).is_ok() {
                 let _ = done.recv_timeout(std::time::Duration::from_secs(5));
             }
+        }
+    }
+}
+
+/// One audit line as written.
+#[derive(serde::Serialize)]
+struct Line<'a> {
+    ts: String,
+    event: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    req_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bearer_hash: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bearer_key_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source_ip: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_id: Option<&'a str>,
+    #[serde(flatten)]
+    extra: &'a Map<String, Value>,
+}
+
+impl<'a> Line<'a> {
+    fn of(at: std::time::SystemTime, ev: &'a AuditEvent) -> Self {
+        Line {
+            ts: humantime::format_rfc3339_micros(at).to_string(),
+            event: ev.event,
+            req_id: ev.req_id.as_deref(),
+            bearer_hash: ev.bearer_hash.as_deref(),
+            bearer_key_name: ev.bearer_key_name.as_deref(),
+            source_ip: ev.source_ip,
+            tool: ev.tool.as_deref(),
+            cluster_id: ev.cluster_id.as_deref(),
+            extra: &ev.extra,
         }
     }
 }

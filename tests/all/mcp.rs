@@ -69,6 +69,10 @@ async fn a_real_mcp_client_initializes_lists_and_calls_tools_with_the_bearer() {
         for t in &tools {
             assert_eq!(t.input_schema["type"], "object", "{}", t.name);
             assert_eq!(t.output_schema.as_ref().expect("outputSchema")["type"], "object", "{}", t.name);
+            // What the host guarantees of every tool, as MCP hints.
+            let a = t.annotations.as_ref().expect("annotations");
+            let hints = (a.read_only_hint, a.destructive_hint, a.idempotent_hint, a.open_world_hint);
+            assert_eq!(hints, (Some(true), Some(false), Some(true), Some(false)), "{}", t.name);
         }
 
         let r = client
@@ -320,4 +324,66 @@ async fn a_thousand_stateless_mcp_calls_log_nothing_at_info_or_above() {
         assert!(std::time::Instant::now() < deadline, "{calls} of 1 000 calls audited");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// The `_meta` a 2026-07-28 request carries instead of a session.
+fn meta_2026() -> Value {
+    json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "0"},
+        "io.modelcontextprotocol/clientCapabilities": {}
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_raw_2026_07_28_exchange_discovers_and_calls_without_a_session() {
+    let dir = TempDir::new("mcp-2026");
+    std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+    std::fs::copy(component("trivial"), dir.path().join("plugins/trivial.wasm")).unwrap();
+    std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+    let server = Server::start(&dir, &[]);
+    let http = reqwest::Client::new();
+    let post = |path: &str, method: &str, params: Value| {
+        let mut r = http
+            .post(format!("{}{path}", server.api))
+            .bearer_auth(TOKEN)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", method);
+        if let Some(name) = params.get("name").and_then(Value::as_str) {
+            r = r.header("mcp-name", name);
+        }
+        r.json(&json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params})).send()
+    };
+    for path in ["/", "/mcp"] {
+        let r = post(path, "server/discover", json!({"_meta": meta_2026()})).await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert!(r.headers().get("mcp-session-id").is_none(), "{path}: no session in 2026-07-28");
+        let v: Value = r.json().await.unwrap();
+        let versions: Vec<&str> = v["result"]["supportedVersions"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+        for want in ["2025-06-18", "2025-11-25", "2026-07-28"] {
+            assert!(versions.contains(&want), "{path}: {want} not offered: {v}");
+        }
+        assert_eq!(v["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"], "sluice", "{v}");
+
+        let r = post(path, "tools/list", json!({"_meta": meta_2026()})).await.unwrap();
+        let v: Value = r.json().await.unwrap();
+        let tool = &v["result"]["tools"][0];
+        assert_eq!(tool["name"], "test.trivial", "{v}");
+        assert_eq!(tool["annotations"]["readOnlyHint"], true, "{v}");
+
+        let r = post(path, "tools/call", json!({"name": "test.trivial", "arguments": {}, "_meta": meta_2026()})).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["id"], 7);
+        assert_eq!(v["result"]["structuredContent"], json!({"ok": true}), "{v}");
+        assert_eq!(v["result"]["isError"], false);
+    }
+    // A 2026-07-28 request without its per-request metadata is refused, as the revision says.
+    let r = post("/", "tools/call", json!({"name": "test.trivial", "arguments": {}, "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}))
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert!(v["error"]["message"].as_str().unwrap_or("").contains("_meta"), "{v}");
+    assert!(v.get("result").is_none(), "{v}");
 }

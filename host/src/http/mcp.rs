@@ -4,8 +4,8 @@
 //! `investigate`.
 //!
 //! Requests pass the front door like any other (bearer, limits, request id, metrics), so MCP has
-//! the same bearers, tenant scope, limits and audit as REST. The tool list is read from the
-//! registry on every `tools/list`, so it follows hot reloads.
+//! the same bearers, tenant scope, limits and audit as REST. The MCP tool list is built once per
+//! registry generation (a hot reload makes a new one) and shared by every request.
 
 use std::sync::Arc;
 
@@ -13,6 +13,7 @@ use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData, GetPromptRequestParams,
     GetPromptResponse, GetPromptResult, Implementation, InitializeResult, JsonObject, ListPromptsResult,
     ListToolsResult, PaginatedRequestParams, Prompt, PromptArgument, PromptMessage, Role, ServerCapabilities, Tool,
+    ToolAnnotations,
 };
 use rmcp::service::{NotificationContext, Peer, RequestContext};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -58,9 +59,10 @@ pub fn services(
     };
     let peers = Peers::default();
     spawn_list_changed_notifier(state, peers.clone());
+    let tools = ToolLists::default();
     let factory = |state: AppState| {
-        let peers = peers.clone();
-        move || Ok(Mcp { state: state.clone(), peers: peers.clone() })
+        let (peers, tools) = (peers.clone(), tools.clone());
+        move || Ok(Mcp { state: state.clone(), peers: peers.clone(), tools: tools.clone() })
     };
     (
         StreamableHttpService::new(factory(state.clone()), Arc::new(LocalSessionManager::default()), config(true)),
@@ -155,6 +157,48 @@ fn spawn_list_changed_notifier(state: &AppState, peers: Peers) {
 pub struct Mcp {
     state: AppState,
     peers: Peers,
+    tools: ToolLists,
+}
+
+/// The MCP tool lists of the registry generation they were built from: every tool, and the
+/// tools a tenant-scoped bearer may call.
+type ToolLists = Arc<std::sync::Mutex<Option<BuiltLists>>>;
+
+struct BuiltLists {
+    generation: std::sync::Weak<crate::runtime::registry::Registry>,
+    all: Arc<Vec<Tool>>,
+    scoped: Arc<Vec<Tool>>,
+}
+
+/// One tool as MCP lists it. Every tool reads the database through the host's read-only,
+/// tenant-scoped interface and has no network, so the hints are facts the host guarantees:
+/// read-only, not destructive, idempotent, closed world. The title is the input schema's `title`,
+/// when the tool gives one.
+fn mcp_tool(t: &crate::runtime::registry::LoadedTool) -> Tool {
+    let mut annotations = ToolAnnotations::new().read_only(true).destructive(false).idempotent(true).open_world(false);
+    let mut tool = Tool::new(t.name.clone(), t.description.clone(), Arc::new(object(&t.input_schema)))
+        .with_raw_output_schema(Arc::new(object(&t.output_schema)));
+    if let Some(title) = t.input_schema.get("title").and_then(Value::as_str) {
+        annotations.title = Some(title.to_owned());
+        tool = tool.with_title(title);
+    }
+    tool.with_annotations(annotations)
+}
+
+impl Mcp {
+    /// The tool list for a caller, built at most once per registry generation.
+    fn tool_list(&self, scoped: bool) -> Arc<Vec<Tool>> {
+        let registry = self.state.runtime.registry();
+        let mut cache = self.tools.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = cache.as_ref().is_some_and(|c| std::ptr::eq(c.generation.as_ptr(), Arc::as_ptr(&registry)));
+        if !fresh {
+            let all: Vec<Tool> = registry.tools().map(|t| mcp_tool(t)).collect();
+            let scoped = registry.tools().zip(&all).filter(|(t, _)| t.allow_tenant_scoped).map(|(_, m)| m.clone()).collect();
+            *cache = Some(BuiltLists { generation: Arc::downgrade(&registry), all: Arc::new(all), scoped: Arc::new(scoped) });
+        }
+        let built = cache.as_ref().expect("just built");
+        if scoped { built.scoped.clone() } else { built.all.clone() }
+    }
 }
 
 /// The caller the front door authenticated, from the HTTP request rmcp hands over.
@@ -196,16 +240,7 @@ impl ServerHandler for Mcp {
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         let scoped = caller(&ctx)?.identity.is_scoped();
-        let registry = self.state.runtime.registry();
-        let tools = registry
-            .tools()
-            .filter(|t| !scoped || t.allow_tenant_scoped)
-            .map(|t| {
-                Tool::new(t.name.clone(), t.description.clone(), Arc::new(object(&t.input_schema)))
-                    .with_raw_output_schema(Arc::new(object(&t.output_schema)))
-            })
-            .collect();
-        Ok(ListToolsResult::with_all_items(tools))
+        Ok(ListToolsResult::with_all_items(self.tool_list(scoped).as_ref().clone()))
     }
 
     async fn call_tool(

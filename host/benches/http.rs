@@ -1,0 +1,190 @@
+//! Benchmark `http`: the real `sluice` binary, built in release, driven by `wrk` (Debian package
+//! `wrk`) from another process over loopback: what a user's load sees. One wrk thread with
+//! `CONNECTIONS` keep-alive connections, so wrk and the gateway each have about one core of two.
+//!
+//! Paths: `GET /api/v2/health` (authenticated), `POST /api/v2/tools/test.trivial` (REST), MCP
+//! `tools/call` of the same tool on `/` (stateless JSON) and on `/mcp` in a session (event
+//! stream), and `fleet.cluster.summary` over REST (a real query), each with the audit log on
+//! /dev/null and again with it in a file. Rounds of the paths are interleaved; each figure is the
+//! median round. Ratios, measured in the same run:
+//! - REST trivial / health (target >= 0.5),
+//! - MCP stateless / REST trivial (target >= 0.8),
+//! - REST trivial with audit to a file / to /dev/null (target >= 0.9: the file costs <= 10 %).
+//!
+//! Rate limits are raised so that the limiter never answers; logs use the default filter and go
+//! to /dev/null.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+const CONNECTIONS: usize = 32;
+const ROUND: &str = "4s";
+const ROUNDS: usize = 3;
+const TOKEN: &str = "bench-http-token-3a9f";
+
+struct Gateway {
+    child: Child,
+    api: String,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(scratch: &Path, audit: &str) -> Gateway {
+    let config = scratch.join(format!("sluice-{}.toml", audit.replace('/', "_")));
+    std::fs::write(
+        &config,
+        format!(
+            "[plugins]\nwatch = false\n[rate_limit]\nrequests_per_second = 10000000\nburst = 10000000\n\
+             [limits]\nmax_in_flight_per_bearer = 10000\nmax_in_flight = 10000\n[audit]\ndestination = {audit:?}\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .current_dir(scratch)
+        .args(["serve", "--db", "fleet.duckdb", "--plugins", "plugins", "--auth-token-file", "token", "--insecure-no-tls"])
+        .args(["--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let api = line.split_whitespace().nth(2).expect("listening line").trim_start_matches("api=").to_owned();
+    Gateway { child, api }
+}
+
+/// One wrk run: requests per second, p50 and p99 in ms. Every answer must be a 2xx.
+fn wrk(url: &str, script: &Path) -> (f64, f64, f64) {
+    let out = Command::new("wrk")
+        .args(["-t1", &format!("-c{CONNECTIONS}"), &format!("-d{ROUND}"), "--latency", "-s"])
+        .arg(script)
+        .arg(url)
+        .output()
+        .expect("wrk (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let result = text.lines().find_map(|l| l.strip_prefix("RESULT ")).unwrap_or_else(|| panic!("wrk: {text}"));
+    let f: Vec<f64> = result.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    assert_eq!(f[4], 0.0, "{url}: {} answers were not 2xx", f[4]);
+    assert_eq!(f[5], 0.0, "{url}: {} socket errors", f[5]);
+    (f[0] / (f[1] / 1e6), f[2] / 1000.0, f[3] / 1000.0)
+}
+
+fn script(scratch: &Path, name: &str, method: &str, body: &str, headers: &[(&str, &str)]) -> PathBuf {
+    let mut lua = format!("wrk.method = {method:?}\nwrk.headers[\"Authorization\"] = \"Bearer {TOKEN}\"\n");
+    if !body.is_empty() {
+        lua += &format!("wrk.body = [[{body}]]\nwrk.headers[\"Content-Type\"] = \"application/json\"\n");
+    }
+    for (k, v) in headers {
+        lua += &format!("wrk.headers[{k:?}] = {v:?}\n");
+    }
+    lua += "done = function(s, latency, requests)\n  local e = s.errors\n  \
+            io.write(string.format(\"RESULT %d %d %d %d %d %d\\n\", s.requests, s.duration, latency:percentile(50), \
+            latency:percentile(99), e.status, e.connect + e.read + e.write + e.timeout))\nend\n";
+    let path = scratch.join(format!("{name}.lua"));
+    std::fs::write(&path, lua).unwrap();
+    path
+}
+
+/// Opens an MCP session on `/mcp`: its id.
+fn mcp_session(api: &str) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let post = |body: serde_json::Value, session: Option<String>| {
+            let mut r = http
+                .post(format!("{api}/mcp"))
+                .bearer_auth(TOKEN)
+                .header("accept", "application/json, text/event-stream")
+                .json(&body);
+            if let Some(s) = session {
+                r = r.header("mcp-session-id", s);
+            }
+            r.send()
+        };
+        let init = serde_json::json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}}});
+        let r = post(init, None).await.unwrap();
+        let session = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+        let _ = r.text().await;
+        let r = post(serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}), Some(session.clone())).await.unwrap();
+        assert!(r.status().is_success());
+        session
+    })
+}
+
+fn median(mut v: Vec<(f64, f64, f64)>) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned();
+    let scratch = std::env::temp_dir().join(format!("sluice-bench-http-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(scratch.join("plugins")).unwrap();
+    for (from, to) in [("dist/fixtures/trivial.wasm", "trivial.wasm"), ("dist/plugins/fleet-cluster-summary.wasm", "summary.wasm")] {
+        std::fs::copy(root.join(from), scratch.join("plugins").join(to))
+            .unwrap_or_else(|e| panic!("{from}: {e}; build the components first (scripts/dev bench does)"));
+    }
+    std::fs::write(scratch.join("token"), TOKEN).unwrap();
+    let seeded = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .current_dir(&scratch)
+        .args(["demo", "seed", "--db", "fleet.duckdb", "--clusters", "3", "--nodes", "16", "--hours", "24"])
+        .output()
+        .unwrap();
+    assert!(seeded.status.success());
+
+    let null = start(&scratch, "/dev/null");
+    let file = start(&scratch, scratch.join("audit.log").to_str().unwrap());
+    let session = mcp_session(&null.api);
+    let file_session = mcp_session(&file.api);
+    let json = [("Accept", "application/json, text/event-stream")];
+    let call = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"test.trivial","arguments":{}}}"#;
+    let scripts = [
+        ("health", "/api/v2/health", script(&scratch, "health", "GET", "", &[])),
+        ("REST trivial", "/api/v2/tools/test.trivial", script(&scratch, "rest", "POST", r#"{"args":{}}"#, &[])),
+        ("MCP trivial, stateless", "/", script(&scratch, "mcp", "POST", call, &json)),
+        ("MCP trivial, session", "/mcp", script(&scratch, "mcp-session", "POST", call, &[json[0], ("mcp-session-id", &session)])),
+        ("REST summary (all clusters)", "/api/v2/tools/fleet.cluster.summary", script(&scratch, "summary", "POST", r#"{"args":{}}"#, &[])),
+    ];
+    let file_session_script =
+        script(&scratch, "mcp-session-file", "POST", call, &[json[0], ("mcp-session-id", &file_session)]);
+
+    println!("http: the release binary under wrk -t1 -c{CONNECTIONS}, {ROUNDS} rounds of {ROUND} per path, median round");
+    let started = Instant::now();
+    let mut results: Vec<Vec<Vec<(f64, f64, f64)>>> = vec![vec![Vec::new(); scripts.len()]; 2];
+    for round in 0..ROUNDS {
+        for (g, gateway) in [&null, &file].into_iter().enumerate() {
+            for (i, (_, path, lua)) in scripts.iter().enumerate() {
+                let lua = if g == 1 && *path == "/mcp" { &file_session_script } else { lua };
+                results[g][i].push(wrk(&format!("{}{path}", gateway.api), lua));
+            }
+        }
+        eprintln!("http: round {}/{ROUNDS} done after {:.0?}", round + 1, started.elapsed());
+    }
+    let med: Vec<Vec<(f64, f64, f64)>> = results.into_iter().map(|g| g.into_iter().map(median).collect()).collect();
+    println!("| path | audit | calls/s | p50 ms | p99 ms |");
+    println!("|---|---|---|---|---|");
+    for (g, audit) in ["/dev/null", "file"].iter().enumerate() {
+        for (i, (name, ..)) in scripts.iter().enumerate() {
+            let (rps, p50, p99) = med[g][i];
+            println!("| {name} | {audit} | {rps:.0} | {p50:.2} | {p99:.2} |");
+        }
+    }
+    let (health, rest, mcp) = (med[0][0].0, med[0][1].0, med[0][2].0);
+    println!("ratio REST trivial / health:            {:.3} (target >= 0.5)", rest / health);
+    println!("ratio MCP stateless / REST trivial:     {:.3} (target >= 0.8)", mcp / rest);
+    println!("ratio MCP session / REST trivial:       {:.3}", med[0][3].0 / rest);
+    println!("ratio REST trivial, audit file / null:  {:.3} (target >= 0.9)", med[1][1].0 / rest);
+    println!("ratio MCP stateless, audit file / null: {:.3}", med[1][2].0 / mcp);
+    drop((null, file));
+    let _ = std::fs::remove_dir_all(&scratch);
+}
