@@ -387,3 +387,55 @@ async fn a_raw_2026_07_28_exchange_discovers_and_calls_without_a_session() {
     assert!(v["error"]["message"].as_str().unwrap_or("").contains("_meta"), "{v}");
     assert!(v.get("result").is_none(), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_sdk_and_rmcp_work_with_every_revision_they_speak() {
+    use rmcp::model::{ClientCapabilities, ClientConfig, Implementation, ProtocolVersion};
+    use rmcp::service::{ClientLifecycleMode, ClientServiceExt as _};
+    let dir = TempDir::new("mcp-revisions");
+    std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+    std::fs::copy(component("trivial"), dir.path().join("plugins/trivial.wasm")).unwrap();
+    std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+    let server = Server::start(&dir, &[]);
+    let sdk = std::env::var("SLUICE_MCP_PYTHON").expect("SLUICE_MCP_PYTHON is not set: run the tests with `scripts/dev test`");
+    let script = crate::common::root().join("tests/mcp/python_client.py");
+
+    for path in ["/", "/mcp"] {
+        let url = format!("{}{path}", server.api);
+        // The Python SDK: the handshake (it offers its newest handshake revision), discovery
+        // first ("auto", which picks the newest revision), and 2026-07-28 pinned.
+        for (mode, want) in [("legacy", "2025-11-25"), ("auto", "2026-07-28"), ("2026-07-28", "2026-07-28")] {
+            let out = Command::new("python3")
+                .arg(&script)
+                .args([url.as_str(), TOKEN, mode, "test.trivial"])
+                .env("SLUICE_MCP_PYTHON", &sdk)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{path} {mode}: {}", String::from_utf8_lossy(&out.stderr));
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(v["protocol_version"], want, "{path} {mode}: {v}");
+            assert_eq!(v["tools"], json!(["test.trivial"]), "{path} {mode}");
+            assert_eq!(v["read_only"], json!([true]), "{path} {mode}");
+            assert_eq!((&v["is_error"], &v["structured"]), (&json!(false), &json!({"ok": true})), "{path} {mode}");
+        }
+        // rmcp's client: the handshake at each revision, and discovery.
+        let lifecycles = [
+            ("2025-06-18", ClientLifecycleMode::Initialize),
+            ("2025-11-25", ClientLifecycleMode::Initialize),
+            ("2026-07-28", ClientLifecycleMode::Discover { preferred_versions: vec![ProtocolVersion::V_2026_07_28] }),
+        ];
+        for (version, lifecycle) in lifecycles {
+            let wanted: ProtocolVersion = serde_json::from_value(json!(version)).unwrap();
+            let info = ClientConfig::new(ClientCapabilities::default(), Implementation::new("rmcp-test", "0"))
+                .with_protocol_version(wanted.clone());
+            let transport = StreamableHttpClientTransport::from_config(StreamableHttpClientTransportConfig::with_uri(url.as_str()).auth_header(TOKEN));
+            let client = info.serve_with_lifecycle(transport, lifecycle).await.unwrap_or_else(|e| panic!("{path} {version}: {e}"));
+            assert_eq!(client.peer_info().map(|i| i.protocol_version.clone()), Some(wanted), "{path} {version}");
+            let tools = client.list_all_tools().await.unwrap();
+            assert_eq!(tools.iter().map(|t| t.name.as_ref()).collect::<Vec<_>>(), ["test.trivial"], "{path} {version}");
+            let r = client.call_tool(CallToolRequestParams::new("test.trivial")).await.unwrap();
+            assert_eq!(r.structured_content, Some(json!({"ok": true})), "{path} {version}");
+            let _ = client.cancel().await;
+        }
+    }
+}
