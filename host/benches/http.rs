@@ -3,8 +3,8 @@
 //! `CONNECTIONS` keep-alive connections, so wrk and the gateway each have about one core of two.
 //!
 //! Paths: `GET /api/v2/health` (authenticated), `POST /api/v2/tools/test.trivial` (REST), MCP
-//! `tools/call` of the same tool on `/` (stateless JSON) and on `/mcp` in a session (event
-//! stream), and `fleet.cluster.summary` over REST (a real query), each with the audit log on
+//! `tools/call` of the same tool on `/` (stateless JSON) and on `/mcp` in sessions (event
+//! streams; one session per connection, as many agents would have), and `fleet.cluster.summary` over REST (a real query), each with the audit log on
 //! /dev/null and again with it in a file. Rounds of the paths are interleaved; each figure is the
 //! median round. Ratios, measured in the same run:
 //! - REST trivial / health (target >= 0.5),
@@ -36,8 +36,12 @@ impl Drop for Gateway {
     }
 }
 
-fn start(scratch: &Path, audit: &str) -> Gateway {
-    let config = scratch.join(format!("sluice-{}.toml", audit.replace('/', "_")));
+/// A gateway on its own copy of the database (DuckDB locks its file), with `audit` as the audit
+/// destination.
+fn start(scratch: &Path, name: &str, audit: &str) -> Gateway {
+    let db = scratch.join(format!("{name}.duckdb"));
+    std::fs::copy(scratch.join("fleet.duckdb"), &db).unwrap();
+    let config = scratch.join(format!("{name}.toml"));
     std::fs::write(
         &config,
         format!(
@@ -48,16 +52,20 @@ fn start(scratch: &Path, audit: &str) -> Gateway {
     .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .current_dir(scratch)
-        .args(["serve", "--db", "fleet.duckdb", "--plugins", "plugins", "--auth-token-file", "token", "--insecure-no-tls"])
+        .args(["serve", "--plugins", "plugins", "--auth-token-file", "token", "--insecure-no-tls", "--db"])
+        .arg(&db)
         .args(["--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0", "--config"])
         .arg(&config)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(scratch.join(format!("{name}.log"))).unwrap())
         .spawn()
         .unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let api = line.split_whitespace().nth(2).expect("listening line").trim_start_matches("api=").to_owned();
+    let Some(api) = line.split_whitespace().nth(2) else {
+        panic!("the gateway did not start: {}", std::fs::read_to_string(scratch.join(format!("{name}.log"))).unwrap_or_default())
+    };
+    let api = api.trim_start_matches("api=").to_owned();
     Gateway { child, api }
 }
 
@@ -89,6 +97,18 @@ fn script(scratch: &Path, name: &str, method: &str, body: &str, headers: &[(&str
             io.write(string.format(\"RESULT %d %d %d %d %d %d\\n\", s.requests, s.duration, latency:percentile(50), \
             latency:percentile(99), e.status, e.connect + e.read + e.write + e.timeout))\nend\n";
     let path = scratch.join(format!("{name}.lua"));
+    std::fs::write(&path, lua).unwrap();
+    path
+}
+
+/// A script that sends `body` to `/mcp` in the sessions `ids` (a Lua list), one after another.
+fn session_script(scratch: &Path, name: &str, body: &str, ids: &str) -> PathBuf {
+    let path = script(scratch, name, "POST", body, &[("Accept", "application/json, text/event-stream")]);
+    let lua = std::fs::read_to_string(&path).unwrap()
+        + &format!(
+            "local ids = {{{ids}}}\nlocal n = 0\nrequest = function()\n  n = n % #ids + 1\n  \
+             wrk.headers[\"mcp-session-id\"] = ids[n]\n  return wrk.format()\nend\n"
+        );
     std::fs::write(&path, lua).unwrap();
     path
 }
@@ -142,21 +162,22 @@ fn main() {
         .unwrap();
     assert!(seeded.status.success());
 
-    let null = start(&scratch, "/dev/null");
-    let file = start(&scratch, scratch.join("audit.log").to_str().unwrap());
-    let session = mcp_session(&null.api);
-    let file_session = mcp_session(&file.api);
+    let null = start(&scratch, "audit-null", "/dev/null");
+    let file = start(&scratch, "audit-file", scratch.join("audit.log").to_str().unwrap());
+    // One MCP session per connection, as 32 agents would have (a session answers its requests
+    // one after another): wrk's requests go round the sessions.
+    let sessions = |api: &str| (0..CONNECTIONS).map(|_| format!("{:?}", mcp_session(api))).collect::<Vec<_>>().join(", ");
+    let (session, file_session) = (sessions(&null.api), sessions(&file.api));
     let json = [("Accept", "application/json, text/event-stream")];
     let call = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"test.trivial","arguments":{}}}"#;
     let scripts = [
         ("health", "/api/v2/health", script(&scratch, "health", "GET", "", &[])),
         ("REST trivial", "/api/v2/tools/test.trivial", script(&scratch, "rest", "POST", r#"{"args":{}}"#, &[])),
         ("MCP trivial, stateless", "/", script(&scratch, "mcp", "POST", call, &json)),
-        ("MCP trivial, session", "/mcp", script(&scratch, "mcp-session", "POST", call, &[json[0], ("mcp-session-id", &session)])),
+        ("MCP trivial, sessions", "/mcp", session_script(&scratch, "mcp-session", call, &session)),
         ("REST summary (all clusters)", "/api/v2/tools/fleet.cluster.summary", script(&scratch, "summary", "POST", r#"{"args":{}}"#, &[])),
     ];
-    let file_session_script =
-        script(&scratch, "mcp-session-file", "POST", call, &[json[0], ("mcp-session-id", &file_session)]);
+    let file_session_script = session_script(&scratch, "mcp-session-file", call, &file_session);
 
     println!("http: the release binary under wrk -t1 -c{CONNECTIONS}, {ROUNDS} rounds of {ROUND} per path, median round");
     let started = Instant::now();
@@ -182,7 +203,7 @@ fn main() {
     let (health, rest, mcp) = (med[0][0].0, med[0][1].0, med[0][2].0);
     println!("ratio REST trivial / health:            {:.3} (target >= 0.5)", rest / health);
     println!("ratio MCP stateless / REST trivial:     {:.3} (target >= 0.8)", mcp / rest);
-    println!("ratio MCP session / REST trivial:       {:.3}", med[0][3].0 / rest);
+    println!("ratio MCP sessions / REST trivial:      {:.3}", med[0][3].0 / rest);
     println!("ratio REST trivial, audit file / null:  {:.3} (target >= 0.9)", med[1][1].0 / rest);
     println!("ratio MCP stateless, audit file / null: {:.3}", med[1][2].0 / mcp);
     drop((null, file));

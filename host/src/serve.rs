@@ -263,9 +263,17 @@ where
     <S as tower::Service<axum::extract::Request>>::Future: Send,
     <S as tower::Service<axum::http::Request<hyper::body::Incoming>>>::Future: Send,
 {
+    use axum::serve::ListenerExt as _;
     let service = axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(app);
+    // TCP_NODELAY on every connection: an answer written in more than one piece (an MCP event
+    // stream, a chunked body) must not wait for the client's delayed ACK (40 ms on Linux).
     match tls {
-        None => axum::serve(listener, service).with_graceful_shutdown(wait_for(stop)).await,
+        None => {
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, service).with_graceful_shutdown(wait_for(stop)).await
+        }
         Some(tls) => {
             let handle = axum_server::Handle::new();
             let h = handle.clone();
@@ -273,7 +281,11 @@ where
                 wait_for(stop).await;
                 h.graceful_shutdown(Some(CANCEL_GRACE));
             });
-            axum_server::tls_rustls::from_tcp_rustls(listener.into_std()?, tls)?.handle(handle).serve(service).await
+            axum_server::tls_rustls::from_tcp_rustls(listener.into_std()?, tls)?
+                .map(|a| a.acceptor(axum_server::accept::NoDelayAcceptor::new()))
+                .handle(handle)
+                .serve(service)
+                .await
         }
     }
 }
