@@ -61,7 +61,7 @@ fn check_config(toml: &str, flags: &[&str]) -> Output {
         .unwrap()
 }
 
-fn container<'a>(r: &'a Value) -> &'a Value {
+fn container(r: &Value) -> &Value {
     &one(r, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
 }
 
