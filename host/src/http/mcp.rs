@@ -73,7 +73,7 @@ pub fn services(
 /// An MCP service as a route: the body is read here, under `max_body`, so an oversized one gets
 /// the contract's JSON 413 like every other route (rmcp would read any size); and a session's
 /// `DELETE` is answered 200, as MCP clients expect (rmcp says 202).
-pub fn route<S, B>(service: S, max_body: usize) -> axum::routing::MethodRouter<AppState>
+pub fn route<S, B>(service: S, max_body: usize, fast: Option<AppState>) -> axum::routing::MethodRouter<AppState>
 where
     S: tower::Service<axum::extract::Request, Response = axum::http::Response<B>, Error = std::convert::Infallible>
         + Clone
@@ -88,13 +88,18 @@ where
     use axum::response::IntoResponse as _;
     use tower::ServiceExt as _;
     axum::routing::any(move |req: axum::extract::Request| {
-        let service = service.clone();
+        let (service, fast) = (service.clone(), fast.clone());
         async move {
             let (parts, body) = req.into_parts();
             let body = match read_limited(body, max_body).await {
                 Ok(b) => b,
                 Err(e) => return e.into_response(),
             };
+            if let Some(state) = fast
+                && let Some(call) = super::mcp_fast::plain_tool_call(&parts, &body)
+            {
+                return super::mcp_fast::answer(&state, &parts, call).await;
+            }
             let delete = parts.method == Method::DELETE;
             let req = axum::extract::Request::from_parts(parts, axum::body::Body::from(body));
             let Ok(resp) = service.oneshot(req).await;
@@ -219,6 +224,27 @@ fn object(v: &Value) -> JsonObject {
 
 const INVESTIGATE: &str = "investigate";
 
+/// One `tools/call` as MCP answers it, for the session, stateless and fast paths alike.
+pub(super) async fn call_tool(state: &AppState, caller: &Caller, name: &str, args: Value) -> Result<CallToolResult, ErrorData> {
+    match Box::pin(state.calls().call_tool(caller, name, || Ok(args), Via::Mcp)).await {
+        Ok(answer) => {
+            let value: Value = serde_json::from_str(answer.result.get())
+                .map_err(|e| ErrorData::internal_error(format!("tool answer: {e}"), None))?;
+            Ok(CallToolResult::structured(value))
+        }
+        // An unknown tool or a malformed name is the request's fault: a protocol error.
+        Err(f @ (CallFailure::NotFound(_) | CallFailure::InvalidRequest(_))) => {
+            let e = ApiError::from_call(f, caller);
+            Err(ErrorData::invalid_params(e.to_string(), Some(e.body())))
+        }
+        // Everything else happened in the tool: the caller sees the same body REST answers.
+        Err(f) => {
+            let body = ApiError::from_call(f, caller).body();
+            Ok(CallToolResult::error(vec![ContentBlock::text(body.to_string())]))
+        }
+    }
+}
+
 impl ServerHandler for Mcp {
     fn get_info(&self) -> InitializeResult {
         InitializeResult::new(ServerCapabilities::builder().enable_tools().enable_tool_list_changed().enable_prompts().build())
@@ -250,25 +276,9 @@ impl ServerHandler for Mcp {
     ) -> Result<CallToolResponse, ErrorData> {
         let caller = caller(&ctx)?;
         let args = Value::Object(request.arguments.unwrap_or_default());
-        let result = Box::pin(self.state.calls().call_tool(&caller, &request.name, || Ok(args), Via::Mcp)).await;
-        match result {
-            Ok(answer) => {
-                let value: Value = serde_json::from_str(answer.result.get())
-                    .map_err(|e| ErrorData::internal_error(format!("tool answer: {e}"), None))?;
-                Ok(CallToolResult::structured(value).into())
-            }
-            // An unknown tool or a malformed name is the request's fault: a protocol error.
-            Err(f @ (CallFailure::NotFound(_) | CallFailure::InvalidRequest(_))) => {
-                let e = ApiError::from_call(f, &caller);
-                Err(ErrorData::invalid_params(e.to_string(), Some(e.body())))
-            }
-            // Everything else happened in the tool: the caller sees the same body REST answers.
-            Err(f) => {
-                let body = ApiError::from_call(f, &caller).body();
-                Ok(CallToolResult::error(vec![ContentBlock::text(body.to_string())]).into())
-            }
-        }
+        call_tool(&self.state, &caller, &request.name, args).await.map(Into::into)
     }
+
 
     async fn list_prompts(
         &self,

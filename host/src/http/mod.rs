@@ -8,6 +8,7 @@ pub mod error;
 mod exports;
 mod front_door;
 mod mcp;
+mod mcp_fast;
 pub mod openapi;
 pub mod wire;
 mod otlp;
@@ -159,7 +160,9 @@ pub fn api_service(state: AppState, max_body: usize) -> FrontDoor {
         router = router.route(path, handler);
     }
     let (mcp_sessions, mcp_stateless) = mcp::services(&state);
-    let router = router.route("/mcp", mcp::route(mcp_sessions, max_body)).route("/", mcp::route(mcp_stateless, max_body));
+    let router = router
+        .route("/mcp", mcp::route(mcp_sessions, max_body, None))
+        .route("/", mcp::route(mcp_stateless, max_body, Some(state.clone())));
     let router = router
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
