@@ -313,7 +313,8 @@ pub fn sink_line<'a>(status: &'a Value, sink: &str) -> &'a Value {
 }
 
 /// Tests that assert latency (hot swap under load) must not share the two cores with tests that
-/// run external servers (PostgreSQL, Kafka): the first take this exclusively, the others share it.
+/// run external servers (PostgreSQL, Kafka) or other heavy processes: the first take this
+/// exclusively, the others share it.
 static CPU: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 /// For a test that asserts latency: no server-running test runs meanwhile.
@@ -321,7 +322,13 @@ pub async fn exclusive_cpu() -> tokio::sync::RwLockWriteGuard<'static, ()> {
     CPU.write().await
 }
 
-/// For a test that runs external servers.
+/// For a test that runs external servers or other CPU-heavy processes (Helm's library, Python
+/// clients, packing the bundle).
 pub async fn shared_cpu() -> tokio::sync::RwLockReadGuard<'static, ()> {
     CPU.read().await
+}
+
+/// `shared_cpu` for a test that is not async.
+pub fn shared_cpu_blocking() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    CPU.blocking_read()
 }

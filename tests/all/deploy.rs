@@ -23,6 +23,7 @@ fn text(out: &[u8]) -> String {
 /// Lints, renders and validates the chart with `values`: the rendered manifests and NOTES, or
 /// what refused them.
 fn chart(values: Value) -> Result<Value, String> {
+    let _cpu = crate::common::shared_cpu_blocking();
     let tools = std::env::var("SLUICE_DEPLOY_TOOLS")
         .expect("SLUICE_DEPLOY_TOOLS is not set: run the tests with `scripts/dev test`, which installs the chart tools");
     let out = Command::new("python3")
@@ -206,6 +207,7 @@ impl Drop for Kill {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_release_bundle_serves_the_demo_with_a_bare_environment_and_its_own_libduckdb() {
+    let _cpu = crate::common::shared_cpu().await;
     let work = TempDir::new("bundle");
     let duckdb = std::env::var("DUCKDB_LIB_DIR").expect("DUCKDB_LIB_DIR (set by scripts/dev)");
     let out = Command::new(root().join("scripts/bundle"))
@@ -290,6 +292,7 @@ fn exec_start(unit: &str, env: &BTreeMap<String, String>) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_systemd_unit_verifies_and_its_command_line_serves_a_tool_over_https() {
+    let _cpu = crate::common::shared_cpu().await;
     let unit = std::fs::read_to_string(root().join("deploy/systemd/sluice.service")).unwrap();
     // Installed where the unit expects, with /opt, /etc and /var/lib under a scratch root.
     let fs = TempDir::new("systemd");

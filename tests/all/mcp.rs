@@ -398,6 +398,7 @@ async fn a_raw_2026_07_28_exchange_discovers_and_calls_without_a_session() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_python_sdk_and_rmcp_work_with_every_revision_they_speak() {
+    let _cpu = crate::common::shared_cpu().await;
     use rmcp::model::{ClientCapabilities, ClientConfig, Implementation, ProtocolVersion};
     use rmcp::service::{ClientLifecycleMode, ClientServiceExt as _};
     let dir = TempDir::new("mcp-revisions");

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData, GetPromptRequestParams,
+    CallToolRequestParams, CallToolResponse, ErrorData, GetPromptRequestParams,
     GetPromptResponse, GetPromptResult, Implementation, InitializeResult, JsonObject, ListPromptsResult,
     ListToolsResult, PaginatedRequestParams, Prompt, PromptArgument, PromptMessage, Role, ServerCapabilities, Tool,
     ToolAnnotations,
@@ -23,7 +23,6 @@ use rmcp::{RoleServer, ServerHandler};
 use serde_json::Value;
 
 use super::{ApiError, AppState, Caller};
-use crate::calls::{CallFailure, Via};
 
 /// `POST /mcp`: MCP JSON-RPC (documentation only; `rmcp` serves the route).
 #[utoipa::path(post, path = "/mcp", request_body(content = Object, description = "A JSON-RPC 2.0 message: initialize, tools/list, tools/call, prompts/list, prompts/get", content_type = "application/json"),
@@ -224,27 +223,6 @@ fn object(v: &Value) -> JsonObject {
 
 const INVESTIGATE: &str = "investigate";
 
-/// One `tools/call` as MCP answers it, for the session, stateless and fast paths alike.
-pub(super) async fn call_tool(state: &AppState, caller: &Caller, name: &str, args: Value) -> Result<CallToolResult, ErrorData> {
-    match Box::pin(state.calls().call_tool(caller, name, || Ok(args), Via::Mcp)).await {
-        Ok(answer) => {
-            let value: Value = serde_json::from_str(answer.result.get())
-                .map_err(|e| ErrorData::internal_error(format!("tool answer: {e}"), None))?;
-            Ok(CallToolResult::structured(value))
-        }
-        // An unknown tool or a malformed name is the request's fault: a protocol error.
-        Err(f @ (CallFailure::NotFound(_) | CallFailure::InvalidRequest(_))) => {
-            let e = ApiError::from_call(f, caller);
-            Err(ErrorData::invalid_params(e.to_string(), Some(e.body())))
-        }
-        // Everything else happened in the tool: the caller sees the same body REST answers.
-        Err(f) => {
-            let body = ApiError::from_call(f, caller).body();
-            Ok(CallToolResult::error(vec![ContentBlock::text(body.to_string())]))
-        }
-    }
-}
-
 impl ServerHandler for Mcp {
     fn get_info(&self) -> InitializeResult {
         InitializeResult::new(ServerCapabilities::builder().enable_tools().enable_tool_list_changed().enable_prompts().build())
@@ -276,7 +254,7 @@ impl ServerHandler for Mcp {
     ) -> Result<CallToolResponse, ErrorData> {
         let caller = caller(&ctx)?;
         let args = Value::Object(request.arguments.unwrap_or_default());
-        call_tool(&self.state, &caller, &request.name, args).await.map(Into::into)
+        super::mcp_fast::call_tool(&self.state, &caller, &request.name, args).await.map(Into::into)
     }
 
 

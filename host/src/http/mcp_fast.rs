@@ -9,15 +9,17 @@
 //! Anything else (2026-07-28 requests, batches, other methods, malformed bodies, missing
 //! headers) goes to the library as before, which also answers its errors. The answer is the
 //! one the library gives for the same request (same types, same serialisation); a test compares
-//! the two.
+//! the two. `call_tool`, the MCP answer to one `tools/call`, is here and shared with the
+//! library's handler in `mcp.rs`.
 
 use axum::http::request::Parts;
 use axum::response::{IntoResponse as _, Response};
-use rmcp::model::{JsonRpcError, NumberOrString, ServerJsonRpcMessage, ServerResult};
+use rmcp::model::{CallToolResult, ContentBlock, ErrorData, JsonRpcError, NumberOrString, ServerJsonRpcMessage, ServerResult};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{AppState, Caller};
+use super::{ApiError, AppState, Caller};
+use crate::calls::{CallFailure, Via};
 
 /// The revisions whose stateless requests the fast path answers; others go to the library.
 const HANDSHAKE_REVISIONS: [&str; 3] = ["2025-03-26", "2025-06-18", "2025-11-25"];
@@ -79,13 +81,34 @@ pub(super) fn plain_tool_call(parts: &Parts, body: &[u8]) -> Option<PlainCall> {
     Some(PlainCall { id: req.id, name: req.params.name, arguments: req.params.arguments.unwrap_or_default() })
 }
 
+/// One `tools/call` as MCP answers it, for the session, stateless and fast paths alike.
+pub(super) async fn call_tool(state: &AppState, caller: &Caller, name: &str, args: Value) -> Result<CallToolResult, ErrorData> {
+    match Box::pin(state.calls().call_tool(caller, name, || Ok(args), Via::Mcp)).await {
+        Ok(answer) => {
+            let value: Value = serde_json::from_str(answer.result.get())
+                .map_err(|e| ErrorData::internal_error(format!("tool answer: {e}"), None))?;
+            Ok(CallToolResult::structured(value))
+        }
+        // An unknown tool or a malformed name is the request's fault: a protocol error.
+        Err(f @ (CallFailure::NotFound(_) | CallFailure::InvalidRequest(_))) => {
+            let e = ApiError::from_call(f, caller);
+            Err(ErrorData::invalid_params(e.to_string(), Some(e.body())))
+        }
+        // Everything else happened in the tool: the caller sees the same body REST answers.
+        Err(f) => {
+            let body = ApiError::from_call(f, caller).body();
+            Ok(CallToolResult::error(vec![ContentBlock::text(body.to_string())]))
+        }
+    }
+}
+
 /// Calls the tool and answers as the library would: 200 with the JSON-RPC response or error.
 pub(super) async fn answer(state: &AppState, parts: &Parts, call: PlainCall) -> Response {
     let Some(caller) = parts.extensions.get::<Caller>() else {
-        let error = rmcp::model::ErrorData::internal_error("no authenticated caller on this request", None);
+        let error = ErrorData::internal_error("no authenticated caller on this request", None);
         return json(&ServerJsonRpcMessage::Error(JsonRpcError::new(Some(call.id), error)));
     };
-    let message = match super::mcp::call_tool(state, caller, &call.name, Value::Object(call.arguments)).await {
+    let message = match call_tool(state, caller, &call.name, Value::Object(call.arguments)).await {
         Ok(result) => {
             // As the library answers a peer of a handshake-era revision: no `resultType`.
             let mut result = ServerResult::CallToolResult(result);
