@@ -197,6 +197,20 @@ async fn wait_ready(url: &str, http: &reqwest::Client) {
     }
 }
 
+/// Calls `fleet.cluster.summary` for cluster-a at `base`: it must answer 200; its row count.
+async fn summary_rows(http: &reqwest::Client, base: &str) -> usize {
+    let r = http
+        .post(format!("{base}/api/v2/tools/fleet.cluster.summary"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"args": {"cluster_id": "cluster-a"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    body["result"]["rows"].as_array().unwrap_or_else(|| panic!("no rows: {body}")).len()
+}
+
 struct Kill(std::process::Child);
 impl Drop for Kill {
     fn drop(&mut self) {
@@ -248,16 +262,7 @@ async fn the_release_bundle_serves_the_demo_with_a_bare_environment_and_its_own_
     );
     let http = reqwest::Client::new();
     wait_ready(&format!("http://127.0.0.1:{health}/readyz"), &http).await;
-    let r = http
-        .post(format!("http://127.0.0.1:{api}/api/v2/tools/fleet.cluster.summary"))
-        .bearer_auth(TOKEN)
-        .json(&json!({"args": {"cluster_id": "cluster-a"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["result"]["rows"].as_array().unwrap().len(), 3, "one row per node: {body}");
+    assert_eq!(summary_rows(&http, &format!("http://127.0.0.1:{api}")).await, 3, "one row per node");
     // The libduckdb the process loaded is the bundle's, found relative to the binary.
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", server.0.id())).unwrap();
     let loaded: Vec<&str> = maps.lines().filter_map(|l| l.split_whitespace().nth(5)).filter(|p| p.ends_with("libduckdb.so")).collect();
@@ -349,16 +354,7 @@ async fn the_systemd_unit_verifies_and_its_command_line_serves_a_tool_over_https
     );
     let http = https_client(&ca);
     wait_ready(&format!("https://127.0.0.1:{health}/readyz"), &http).await;
-    let r = http
-        .post(format!("https://127.0.0.1:{api}/api/v2/tools/fleet.cluster.summary"))
-        .bearer_auth(TOKEN)
-        .json(&json!({"args": {"cluster_id": "cluster-a"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["result"]["rows"].as_array().unwrap().len(), 2, "one row per node: {body}");
+    assert_eq!(summary_rows(&http, &format!("https://127.0.0.1:{api}")).await, 2, "one row per node");
 }
 
 #[test]
