@@ -5,12 +5,21 @@
 //! (write a temporary, rename over) rather than write it. Events are gathered for a debounce
 //! window so one save (often several writes) causes one reload, and the reload runs on a thread
 //! of its own, so neither request load nor the executor's queue delays it.
+//!
+//! Kubernetes mounts Secrets and ConfigMaps with each file a symlink through `..data`, and
+//! updates them by swapping `..data` to a new directory: no event names the files themselves.
+//! A change to `..data` therefore counts as a change to every file of the directory.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use notify::Watcher as _;
+
+/// The symlink Kubernetes swaps to update a Secret or ConfigMap volume atomically.
+fn is_kubernetes_swap(path: &Path) -> bool {
+    path.file_name().is_some_and(|n| n == "..data")
+}
 
 /// The directory a file lives in (`.` for a bare file name).
 pub fn parent_dir(file: &Path) -> PathBuf {
@@ -53,7 +62,7 @@ fn watch_with(
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res
             && !matches!(ev.kind, notify::EventKind::Access(notify::event::AccessKind::Open(_)))
-            && ev.paths.iter().any(|p| wanted(p))
+            && ev.paths.iter().any(|p| wanted(p) || is_kubernetes_swap(p))
         {
             let _ = tx.send(());
         }

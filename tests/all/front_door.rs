@@ -366,3 +366,47 @@ async fn the_openapi_document_describes_every_route_and_every_error_code() {
         assert!(call.get(status).is_some(), "tool call lacks a {status} response");
     }
 }
+
+/// Makes `dir` look like a Kubernetes Secret volume holding `files`: the data in a timestamped
+/// directory, `..data` a symlink to it, each file a symlink through `..data`. Calling it again
+/// swaps `..data` atomically, as the kubelet does on a Secret update.
+fn kubernetes_secret_volume(dir: &std::path::Path, generation: u32, files: &[(&str, &str)]) {
+    let data = dir.join(format!("..2026_11_29_{generation}"));
+    std::fs::create_dir_all(&data).unwrap();
+    for (name, body) in files {
+        std::fs::write(data.join(name), body).unwrap();
+        let link = dir.join(name);
+        if !link.exists() {
+            std::os::unix::fs::symlink(format!("..data/{name}"), &link).unwrap();
+        }
+    }
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(data.file_name().unwrap(), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+}
+
+#[tokio::test]
+async fn a_bearer_acl_in_a_kubernetes_secret_volume_rotates_when_the_secret_changes() {
+    let dir = TempDir::new("k8s-secret");
+    kubernetes_secret_volume(dir.path(), 1, &[("bearers.yaml", "- key_name: ci\n  token: k8s-token-1\n")]);
+    let gw = TestGateway::start(GatewayOptions {
+        seed: false,
+        auth: Some(AuthSource::AclFile(dir.path().join("bearers.yaml"))),
+        ..Default::default()
+    });
+    let whoami = |token: &'static str| {
+        let gw = &gw;
+        async move { gw.request_with(Some(&format!("Bearer {token}")), "GET", "/api/v2/whoami", None).await.status.as_u16() }
+    };
+    assert_eq!(whoami("k8s-token-1").await, 200);
+    assert_eq!(whoami("k8s-token-2").await, 401);
+    // The kubelet's update: a new data directory, `..data` swapped; `bearers.yaml` itself is an
+    // unchanged symlink, so no event names it.
+    kubernetes_secret_volume(dir.path(), 2, &[("bearers.yaml", "- key_name: ci\n  token: k8s-token-2\n")]);
+    let changed = Instant::now();
+    while whoami("k8s-token-2").await != 200 {
+        assert!(changed.elapsed() < Duration::from_secs(2), "the Secret's new token is not live within 2 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
