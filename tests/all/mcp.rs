@@ -159,6 +159,21 @@ fn empty_server(tag: &str) -> (TempDir, Server) {
     (dir, server)
 }
 
+/// One MCP POST with the bearer, in a session or not.
+fn mcp_post(
+    http: &reqwest::Client,
+    api: &str,
+    path: &str,
+    session: Option<&str>,
+    body: &Value,
+) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> + use<> {
+    let mut r = http.post(format!("{api}{path}")).bearer_auth(TOKEN).header("accept", "application/json, text/event-stream").json(body);
+    if let Some(s) = session {
+        r = r.header("mcp-session-id", s);
+    }
+    r.send()
+}
+
 /// A JSON-RPC `initialize` as a raw client sends it.
 fn initialize_request() -> Value {
     json!({
@@ -172,17 +187,7 @@ async fn mcp_has_sessions_and_event_streams_at_mcp_and_plain_json_at_the_root() 
     let (_dir, server) = empty_server("mcp-raw");
     let http = reqwest::Client::new();
     let init = initialize_request();
-    let post = |path: &str, session: Option<&str>, body: &Value| {
-        let mut r = http
-            .post(format!("{}{path}", server.api))
-            .bearer_auth(TOKEN)
-            .header("accept", "application/json, text/event-stream")
-            .json(body);
-        if let Some(s) = session {
-            r = r.header("mcp-session-id", s);
-        }
-        r.send()
-    };
+    let post = |path: &str, session: Option<&str>, body: &Value| mcp_post(&http, &server.api, path, session, body);
 
     // /mcp: a session, answers as an event stream.
     let resp = post("/mcp", None, &init).await.unwrap();
@@ -229,18 +234,7 @@ async fn mcp_has_sessions_and_event_streams_at_mcp_and_plain_json_at_the_root() 
 async fn closing_a_session_is_200_and_oversized_requests_get_the_json_errors() {
     let (_dir, server) = empty_server("mcp-close");
     let http = reqwest::Client::new();
-    // One MCP POST with the bearer, in a session or not.
-    let post = |path: &str, session: Option<&str>, body: &Value| {
-        let mut r = http
-            .post(format!("{}{path}", server.api))
-            .bearer_auth(TOKEN)
-            .header("accept", "application/json, text/event-stream")
-            .json(body);
-        if let Some(s) = session {
-            r = r.header("mcp-session-id", s);
-        }
-        r.send()
-    };
+    let post = |path: &str, session: Option<&str>, body: &Value| mcp_post(&http, &server.api, path, session, body);
     let resp = post("/mcp", None, &initialize_request()).await.unwrap();
     assert_eq!(resp.status(), 200);
     let session = resp.headers()["mcp-session-id"].to_str().unwrap().to_owned();
