@@ -82,7 +82,7 @@ fn main() {
     config.plugins.watch = false;
     config.rate_limit.requests_per_second = 1_000_000;
     config.rate_limit.burst = 1_000_000;
-    let auth = AuthSource::Static(vec![AclEntry { key_name: "bench".into(), token: Some(TOKEN.into()), token_sha256: None, allowed_clusters: vec![] }]);
+    let auth = AuthSource::Static(vec![AclEntry::token("bench", TOKEN, &[])]);
     let audit = sluice::audit::AuditLog::file(std::path::Path::new("/dev/null")).unwrap();
     let (gateway, addr) = rt.block_on(async {
         let gateway = Gateway::build(&config, auth, audit).unwrap();

@@ -12,6 +12,9 @@
 //! - REST trivial with audit to a file / to /dev/null (target >= 0.9: the file costs <= 10 %), also
 //!   relative to each gateway's own health figure (the two processes differ by noise alone).
 //!
+//! Each figure also gives the gateway's CPU time per call (user + system from `/proc`, loopback
+//! TCP included), which does not depend on how the two cores are shared with wrk.
+//!
 //! Rate limits are raised so that the limiter never answers; logs use the default filter and go
 //! to /dev/null.
 
@@ -70,8 +73,23 @@ fn start(scratch: &Path, name: &str, audit: &str) -> Gateway {
     Gateway { child, api }
 }
 
-/// One wrk run: requests per second, p50 and p99 in ms. Every answer must be a 2xx.
-fn wrk(url: &str, script: &Path) -> (f64, f64, f64) {
+/// CPU time the process `pid` has used so far (user + system), in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let ticks = *TICKS.get_or_init(|| {
+        let out = Command::new("getconf").arg("CLK_TCK").output().expect("getconf");
+        String::from_utf8_lossy(&out.stdout).trim().parse().expect("CLK_TCK")
+    });
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    // The fields after the command name (which may hold spaces): utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')').expect("stat").1.split_whitespace().collect();
+    (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / ticks
+}
+
+/// One wrk run against the gateway process `pid`: requests per second, p50 and p99 in ms, and
+/// the gateway's CPU time per request in µs. Every answer must be a 2xx.
+fn wrk(url: &str, script: &Path, pid: u32) -> (f64, f64, f64, f64) {
+    let cpu_before = cpu_seconds(pid);
     let out = Command::new("wrk")
         .args(["-t1", &format!("-c{CONNECTIONS}"), &format!("-d{ROUND}"), "--latency", "-s"])
         .arg(script)
@@ -83,7 +101,8 @@ fn wrk(url: &str, script: &Path) -> (f64, f64, f64) {
     let f: Vec<f64> = result.split_whitespace().map(|x| x.parse().unwrap()).collect();
     assert_eq!(f[4], 0.0, "{url}: {} answers were not 2xx", f[4]);
     assert_eq!(f[5], 0.0, "{url}: {} socket errors", f[5]);
-    (f[0] / (f[1] / 1e6), f[2] / 1000.0, f[3] / 1000.0)
+    let cpu = cpu_seconds(pid) - cpu_before;
+    (f[0] / (f[1] / 1e6), f[2] / 1000.0, f[3] / 1000.0, cpu * 1e6 / f[0])
 }
 
 fn script(scratch: &Path, name: &str, method: &str, body: &str, headers: &[(&str, &str)]) -> PathBuf {
@@ -141,7 +160,7 @@ fn mcp_session(api: &str) -> String {
     })
 }
 
-fn median(mut v: Vec<(f64, f64, f64)>) -> (f64, f64, f64) {
+fn median(mut v: Vec<(f64, f64, f64, f64)>) -> (f64, f64, f64, f64) {
     v.sort_by(|a, b| a.0.total_cmp(&b.0));
     v[v.len() / 2]
 }
@@ -182,28 +201,31 @@ fn main() {
 
     println!("http: the release binary under wrk -t1 -c{CONNECTIONS}, {ROUNDS} rounds of {ROUND} per path, median round");
     let started = Instant::now();
-    let mut results: Vec<Vec<Vec<(f64, f64, f64)>>> = vec![vec![Vec::new(); scripts.len()]; 2];
+    let mut results: Vec<Vec<Vec<(f64, f64, f64, f64)>>> = vec![vec![Vec::new(); scripts.len()]; 2];
     for round in 0..ROUNDS {
         for (g, gateway) in [&null, &file].into_iter().enumerate() {
             for (i, (_, path, lua)) in scripts.iter().enumerate() {
                 let lua = if g == 1 && *path == "/mcp" { &file_session_script } else { lua };
-                results[g][i].push(wrk(&format!("{}{path}", gateway.api), lua));
+                results[g][i].push(wrk(&format!("{}{path}", gateway.api), lua, gateway.child.id()));
             }
         }
         eprintln!("http: round {}/{ROUNDS} done after {:.0?}", round + 1, started.elapsed());
     }
-    let med: Vec<Vec<(f64, f64, f64)>> = results.into_iter().map(|g| g.into_iter().map(median).collect()).collect();
-    println!("| path | audit | calls/s | p50 ms | p99 ms |");
-    println!("|---|---|---|---|---|");
+    let med: Vec<Vec<(f64, f64, f64, f64)>> = results.into_iter().map(|g| g.into_iter().map(median).collect()).collect();
+    println!("| path | audit | calls/s | p50 ms | p99 ms | gateway CPU µs/call |");
+    println!("|---|---|---|---|---|---|");
     for (g, audit) in ["/dev/null", "file"].iter().enumerate() {
         for (i, (name, ..)) in scripts.iter().enumerate() {
-            let (rps, p50, p99) = med[g][i];
-            println!("| {name} | {audit} | {rps:.0} | {p50:.2} | {p99:.2} |");
+            let (rps, p50, p99, cpu) = med[g][i];
+            println!("| {name} | {audit} | {rps:.0} | {p50:.2} | {p99:.2} | {cpu:.1} |");
         }
     }
     let (health, rest, mcp) = (med[0][0].0, med[0][1].0, med[0][2].0);
     println!("ratio REST trivial / health:            {:.3} (target >= 0.5)", rest / health);
     println!("ratio MCP stateless / REST trivial:     {:.3} (target >= 0.8)", mcp / rest);
+    // What each request costs the gateway, whatever wrk's own share of the two cores: the
+    // throughput ratio above is bounded by this one when the gateway is the bottleneck.
+    println!("ratio of gateway CPU per call, health / REST trivial: {:.3}", med[0][0].3 / med[0][1].3);
     println!("ratio MCP sessions / REST trivial:      {:.3}", med[0][3].0 / rest);
     println!("ratio REST trivial, audit file / null:  {:.3} (target >= 0.9)", med[1][1].0 / rest);
     // The two gateways are two processes; their health figures differ by run-to-run noise

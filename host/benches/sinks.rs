@@ -77,12 +77,7 @@ fn main() {
     config.plugins.cache_dir = scratch.join("cache");
     config.plugins.watch = false;
     let audit = sluice::audit::AuditLog::file(Path::new("/dev/null")).unwrap();
-    let auth = sluice::auth::AuthSource::Static(vec![sluice::auth::AclEntry {
-        key_name: "bench".into(),
-        token: Some("bench-token-sinks".into()),
-        token_sha256: None,
-        allowed_clusters: vec![],
-    }]);
+    let auth = sluice::auth::AuthSource::Static(vec![sluice::auth::AclEntry::token("bench", "bench-token-sinks", &[])]);
     let gateway = rt.block_on(async { Gateway::build(&config, auth, audit).unwrap() });
     let runtime = gateway.runtime().clone();
 

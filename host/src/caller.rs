@@ -88,12 +88,23 @@ pub struct Caller {
 impl Caller {
     /// An audit event pre-filled with who, from where and which request.
     pub fn audit(&self, event: &'static str) -> AuditEvent {
-        AuditEvent {
+        let ev = AuditEvent {
             req_id: Some(self.req_id.to_string()),
             bearer_hash: Some(self.identity.bearer_hash.clone()),
             bearer_key_name: Some(self.identity.key_name.clone()),
             source_ip: self.source_ip,
             ..AuditEvent::new(event)
+        };
+        match &self.identity.token {
+            // A JWT caller: who issued it, to whom, and the token's id (never the token).
+            Some(t) => {
+                let ev = ev.with("issuer", t.issuer.clone()).with("subject", t.subject.clone());
+                match &t.jti {
+                    Some(jti) => ev.with("jti", jti.clone()),
+                    None => ev,
+                }
+            }
+            None => ev,
         }
     }
 }
@@ -101,7 +112,7 @@ impl Caller {
 impl Caller {
     /// The operator at the local command line (`sluice call`): unscoped, named `local`.
     pub fn local() -> Self {
-        let identity = Identity { bearer_hash: "0".repeat(64), key_name: "local".into(), allowed_clusters: vec![] };
+        let identity = Identity::static_bearer("0".repeat(64), "local".into(), vec![], crate::auth::Grants::all());
         Self { req_id: RequestId::generate(), identity: Arc::new(identity), source_ip: None }
     }
 }

@@ -61,6 +61,9 @@ pub enum CallFailure {
     /// The caller's tenant scope does not allow this.
     #[error("{0}")]
     ScopeRefused(String),
+    /// The caller's grants do not include this tool.
+    #[error("this bearer may not call {0}")]
+    NotPermitted(String),
     /// The tool's query was not a single read-only statement.
     #[error("{0}")]
     NotReadOnly(String),
@@ -84,7 +87,7 @@ impl CallFailure {
     pub fn status(&self) -> u16 {
         match self {
             Self::InvalidRequest(_) | Self::InvalidArgs { .. } | Self::NotReadOnly(_) => 400,
-            Self::ScopeRefused(_) => 403,
+            Self::ScopeRefused(_) | Self::NotPermitted(_) => 403,
             Self::NotFound(_) => 404,
             Self::TooLarge(_) => 413,
             Self::Backend { .. } => 500,
@@ -143,6 +146,11 @@ impl Calls<'_> {
         let started = Instant::now();
         let mut cluster_id = None;
         let result = async {
+            // Before finding it: a tool the caller may not call is refused whether or not it
+            // exists, so its existence does not show.
+            if !caller.identity.grants.may_call(name) {
+                return Err(CallFailure::NotPermitted(name.to_owned()));
+            }
             let tool = find()?;
             let args = args()?;
             cluster_id = args.get("cluster_id").and_then(Value::as_str).map(str::to_owned);
@@ -171,6 +179,9 @@ impl Calls<'_> {
         // query the component makes sees only the bearer's clusters (the host filters them).
         let identity = &caller.identity;
         if identity.is_scoped() {
+            if identity.allowed_clusters.is_empty() {
+                return Err(CallFailure::ScopeRefused("this bearer may see no cluster (its token grants none)".into()));
+            }
             if !tool.allow_tenant_scoped {
                 return Err(CallFailure::ScopeRefused(format!("{name} refuses tenant-scoped bearers")));
             }

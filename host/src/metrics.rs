@@ -58,6 +58,46 @@ impl HttpRouteMetrics {
     }
 }
 
+/// Authentications and identity-provider key sets.
+#[derive(Clone)]
+struct AuthMetrics {
+    authentications: IntCounterVec,
+    /// The two hot outcomes, resolved once.
+    ok: [IntCounter; 2],
+    jwks_refreshes: IntCounterVec,
+    jwks_stale: prometheus::IntGaugeVec,
+}
+
+impl AuthMetrics {
+    fn new(registry: &Registry) -> Self {
+        let authentications = IntCounterVec::new(
+            Opts::new(
+                "sluice_authentications_total",
+                "Bearer authentications by method (static, jwt, none) and outcome (ok, missing_bearer, invalid_bearer, \
+                 expired, not_yet_valid, wrong_issuer, wrong_audience, unknown_key, bad_signature, algorithm_refused, \
+                 missing_claim, malformed).",
+            ),
+            &["method", "outcome"],
+        )
+        .expect("valid metric");
+        let jwks_refreshes = IntCounterVec::new(
+            Opts::new("sluice_jwks_refreshes_total", "Fetches of an issuer's key set (JWKS), by issuer and outcome (ok, failed)."),
+            &["issuer", "outcome"],
+        )
+        .expect("valid metric");
+        let jwks_stale = prometheus::IntGaugeVec::new(
+            Opts::new("sluice_jwks_stale", "1 while an issuer's last key-set fetch failed (the keys fetched before stay in use)."),
+            &["issuer"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(authentications.clone())).expect("unique metric");
+        registry.register(Box::new(jwks_refreshes.clone())).expect("unique metric");
+        registry.register(Box::new(jwks_stale.clone())).expect("unique metric");
+        let ok = ["static", "jwt"].map(|m| authentications.with_label_values(&[m, "ok"]));
+        Self { authentications, ok, jwks_refreshes, jwks_stale }
+    }
+}
+
 /// Every metric the gateway exports. Cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
@@ -68,6 +108,7 @@ pub struct Metrics {
     plugin_duration: HistogramVec,
     plugin_reloads: IntCounterVec,
     auth_failures: IntCounterVec,
+    auth: AuthMetrics,
     rate_limited: IntCounterVec,
     ingest_points: IntCounterVec,
     sink_errors: IntCounterVec,
@@ -177,6 +218,7 @@ impl Metrics {
         for h in [&http_duration, &plugin_duration] {
             registry.register(Box::new(h.clone())).expect("unique metric");
         }
+        let auth = AuthMetrics::new(&registry);
         Self {
             registry,
             http_requests,
@@ -185,6 +227,7 @@ impl Metrics {
             plugin_duration,
             plugin_reloads,
             auth_failures,
+            auth,
             rate_limited,
             ingest_points,
             sink_errors,
@@ -267,6 +310,22 @@ impl Metrics {
     /// Records a request refused by auth. `reason` is one of a fixed set.
     pub fn auth_failure(&self, reason: &'static str) {
         self.auth_failures.with_label_values(&[reason]).inc();
+    }
+
+    /// One authentication: `method` is `static`, `jwt` or `none` (no bearer), `outcome` `ok` or a
+    /// refusal's reason (a fixed set).
+    pub fn authentication(&self, method: &'static str, outcome: &'static str) {
+        match (method, outcome) {
+            ("static", "ok") => self.auth.ok[0].inc(),
+            ("jwt", "ok") => self.auth.ok[1].inc(),
+            _ => self.auth.authentications.with_label_values(&[method, outcome]).inc(),
+        }
+    }
+
+    /// One fetch of an issuer's key set. Issuers come from the operator's configuration.
+    pub fn jwks_refresh(&self, issuer: &str, ok: bool) {
+        self.auth.jwks_refreshes.with_label_values(&[issuer, if ok { "ok" } else { "failed" }]).inc();
+        self.auth.jwks_stale.with_label_values(&[issuer]).set(i64::from(!ok));
     }
 
     /// Records a request refused by a limit. `limit` is one of a fixed set.

@@ -29,6 +29,8 @@ pub fn auth_source(config: &Config) -> anyhow::Result<AuthSource> {
     match (&config.auth.bearer_acl_file, &config.auth.token_file) {
         (Some(acl), None) => Ok(AuthSource::AclFile(acl.clone())),
         (None, Some(token)) => Ok(AuthSource::TokenFile(token.clone())),
+        // Only JWT bearers, from the issuers under [auth.jwt].
+        (None, None) if !config.auth.jwt.issuers.is_empty() => Ok(AuthSource::Static(Vec::new())),
         (None, None) => anyhow::bail!(
             "no bearer is configured: every /api/v2 request needs one. Pass --auth-token-file FILE (one \
              token, all clusters) or --bearer-acl-file FILE (a YAML/JSON list of {{key_name, token | \
@@ -52,9 +54,20 @@ impl Gateway {
     pub fn build(config: &Config, auth: AuthSource, audit: AuditLog) -> anyhow::Result<Self> {
         let db = Database::open(config.database.to_options())?;
         let metrics = Metrics::new();
-        let auth = AuthStore::new(auth, config.auth.rotation_grace.0, audit.clone())?;
-        let runtime = Runtime::new(config.plugins.clone(), metrics.clone())?;
         let mut watchers = Vec::new();
+        let jwt = match config.auth.jwt.issuers.is_empty() {
+            true => None,
+            false => {
+                let v = crate::auth::jwt::JwtVerifier::new(&config.auth.jwt, metrics.clone())?;
+                watchers.extend(v.watch_files()?);
+                if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                    v.spawn_refresh(&handle);
+                }
+                Some(v)
+            }
+        };
+        let auth = AuthStore::with_jwt(auth, config.auth.rotation_grace.0, audit.clone(), jwt)?;
+        let runtime = Runtime::new(config.plugins.clone(), metrics.clone())?;
         watchers.extend(auth.watch()?);
         let exports = Arc::new(
             crate::export::engine::ExportEngine::new(runtime.clone(), db.clone(), metrics.clone(), &config.sinks, &config.exports)
@@ -84,6 +97,7 @@ impl Gateway {
             max_header_bytes: config.server.max_header_bytes.0,
             ingest: config.ingest.clone(),
             mcp_shutdown: tokio_util::sync::CancellationToken::new(),
+            tls: config.server.tls_cert.is_some() && config.server.tls_key.is_some(),
             exports,
         });
         Ok(Self { state, watchers })

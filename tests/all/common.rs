@@ -92,18 +92,8 @@ pub const TENANT_TOKEN: &str = "test-tenant-token-abcdefgh";
 /// The bearers of a test gateway.
 pub fn test_bearers() -> Vec<sluice::auth::AclEntry> {
     vec![
-        sluice::auth::AclEntry {
-            key_name: "ops".into(),
-            token: Some(ADMIN_TOKEN.into()),
-            token_sha256: None,
-            allowed_clusters: vec![],
-        },
-        sluice::auth::AclEntry {
-            key_name: "tenant-a".into(),
-            token: Some(TENANT_TOKEN.into()),
-            token_sha256: None,
-            allowed_clusters: vec!["cluster-a".into()],
-        },
+        sluice::auth::AclEntry::token("ops", ADMIN_TOKEN, &[]),
+        sluice::auth::AclEntry::token("tenant-a", TENANT_TOKEN, &["cluster-a"]),
     ]
 }
 

@@ -13,6 +13,7 @@ mod front_door;
 mod git;
 mod hostile;
 mod hot_swap;
+mod jwt;
 mod kafka;
 mod mcp;
 mod otlp;

@@ -73,6 +73,10 @@ async fn a_real_mcp_client_initializes_lists_and_calls_tools_with_the_bearer() {
             let a = t.annotations.as_ref().expect("annotations");
             let hints = (a.read_only_hint, a.destructive_hint, a.idempotent_hint, a.open_world_hint);
             assert_eq!(hints, (Some(true), Some(false), Some(true), Some(false)), "{}", t.name);
+            // The bundled tools name themselves for people (the input schema's `title`).
+            let title = t.title.as_deref().unwrap_or_default();
+            assert!(!title.is_empty() && title != t.name, "{}: title {title:?}", t.name);
+            assert_eq!(a.title.as_deref(), Some(title), "{}", t.name);
         }
 
         let r = client

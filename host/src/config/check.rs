@@ -34,6 +34,14 @@ impl Config {
         if let Some(p) = &self.auth.token_file {
             need("auth.token_file", p, "file");
         }
+        for (i, issuer) in self.auth.jwt.issuers.iter().enumerate() {
+            if let Some(p) = &issuer.jwks_file {
+                need(&format!("auth.jwt.issuers[{i}].jwks_file"), p, "file");
+            }
+            if let Some(p) = &issuer.ca_file {
+                need(&format!("auth.jwt.issuers[{i}].ca_file"), p, "file");
+            }
+        }
         if let Some(p) = &self.server.tls_cert {
             need("server.tls_cert", p, "file");
         }

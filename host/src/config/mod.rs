@@ -157,6 +157,8 @@ pub struct AuthConfig {
     pub token_file: Option<PathBuf>,
     /// How long a token removed from the file keeps working.
     pub rotation_grace: HumanDuration,
+    /// `[auth.jwt]`: JWT bearers from identity providers.
+    pub jwt: crate::auth::jwt::JwtConfig,
 }
 
 impl Default for AuthConfig {
@@ -165,6 +167,7 @@ impl Default for AuthConfig {
             bearer_acl_file: None,
             token_file: None,
             rotation_grace: HumanDuration(crate::auth::DEFAULT_ROTATION_GRACE),
+            jwt: Default::default(),
         }
     }
 }
@@ -418,6 +421,7 @@ impl Config {
             self.server.tls_cert.is_some() == self.server.tls_key.is_some(),
             "server.tls_cert and server.tls_key go together; set both (or neither)"
         );
+        self.auth.jwt.check().map_err(anyhow::Error::msg)?;
         anyhow::ensure!(self.rate_limit.requests_per_second >= 1, "rate_limit.requests_per_second must be at least 1");
         anyhow::ensure!(self.rate_limit.burst >= 1, "rate_limit.burst must be at least 1");
         anyhow::ensure!(self.limits.max_in_flight_per_bearer >= 1, "limits.max_in_flight_per_bearer must be at least 1");

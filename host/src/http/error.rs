@@ -24,6 +24,15 @@ pub enum ApiError {
     /// 401 `invalid_bearer`: unknown or expired token.
     #[error("unknown or expired bearer token")]
     InvalidBearer,
+    /// 401 `invalid_bearer` for a JWT, with the reason (`expired`, `wrong_audience`, ...).
+    #[error("{description}")]
+    RefusedToken { reason: &'static str, description: String },
+    /// 403 `tool_not_permitted`: the bearer's grants do not include this tool.
+    #[error("this bearer may not call {tool}")]
+    ToolNotPermitted { tool: String },
+    /// 403 `admin_permission_required`: an admin route, and the bearer is not an admin.
+    #[error("{0}")]
+    AdminRequired(String),
     /// 400 `sql_not_read_only`.
     #[error("{0}")]
     SqlNotReadOnly(String),
@@ -76,7 +85,8 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::InvalidRequest(_) | Self::InvalidArgs { .. } | Self::SqlNotReadOnly(_) => StatusCode::BAD_REQUEST,
-            Self::MissingBearer | Self::InvalidBearer => StatusCode::UNAUTHORIZED,
+            Self::MissingBearer | Self::InvalidBearer | Self::RefusedToken { .. } => StatusCode::UNAUTHORIZED,
+            Self::ToolNotPermitted { .. } | Self::AdminRequired(_) => StatusCode::FORBIDDEN,
             Self::RateLimited(_) | Self::InFlightCap { per_bearer: true } => StatusCode::TOO_MANY_REQUESTS,
             Self::ShuttingDown | Self::InFlightCap { per_bearer: false } => StatusCode::SERVICE_UNAVAILABLE,
             Self::TenantScopeRefused(_) => StatusCode::FORBIDDEN,
@@ -106,7 +116,9 @@ impl ApiError {
             Self::ToolBackendFailure { .. } => "tool_backend_failure",
             Self::InFlightCap { .. } => "in_flight_cap",
             Self::MissingBearer => "missing_bearer",
-            Self::InvalidBearer => "invalid_bearer",
+            Self::InvalidBearer | Self::RefusedToken { .. } => "invalid_bearer",
+            Self::ToolNotPermitted { .. } => "tool_not_permitted",
+            Self::AdminRequired(_) => "admin_permission_required",
             Self::RateLimited(_) => "rate_limited",
             Self::ShuttingDown => "shutting_down",
             Self::ToolTimeout { .. } => "tool_timeout",
@@ -139,6 +151,12 @@ impl ApiError {
                 b.deadline_ms = Some(*deadline_ms);
             }
             Self::RateLimited(secs) => b.retry_after = Some(*secs),
+            Self::RefusedToken { reason, .. } => b.reason = Some(reason),
+            Self::ToolNotPermitted { tool } => {
+                b.tool = Some(tool.clone());
+                b.scope = Some(crate::auth::grant::tool_scope(tool));
+            }
+            Self::AdminRequired(_) => b.scope = Some(crate::auth::grant::ADMIN_SCOPE.into()),
             Self::SqlTimeout { timeout_ms } => b.timeout_ms = Some(*timeout_ms),
             Self::PayloadTooLarge(limit) | Self::HeadersTooLarge(limit) => b.limit_bytes = Some(*limit),
             _ => {}
@@ -158,6 +176,7 @@ impl ApiError {
             F::NotFound(name) => Self::ToolNotFound(name),
             F::InvalidArgs { message, path } => Self::InvalidArgs { message, path },
             F::ScopeRefused(m) => Self::TenantScopeRefused(m),
+            F::NotPermitted(tool) => Self::ToolNotPermitted { tool },
             F::NotReadOnly(m) => Self::SqlNotReadOnly(m),
             F::Timeout { tool, deadline } => Self::ToolTimeout { tool, deadline_ms: deadline.as_millis() as u64 },
             F::Busy => Self::InFlightCap { per_bearer: false },
@@ -199,8 +218,17 @@ impl IntoResponse for ApiError {
         let mut resp = (self.status(), Json(self.error_body())).into_response();
         let h = resp.headers_mut();
         match &self {
-            Self::MissingBearer | Self::InvalidBearer => {
+            Self::MissingBearer | Self::InvalidBearer | Self::RefusedToken { .. } => {
                 h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
+            }
+            Self::ToolNotPermitted { tool } => {
+                let scope = crate::auth::grant::tool_scope(tool);
+                let v = format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\"");
+                h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_str(&v).expect("tool names are header-safe"));
+            }
+            Self::AdminRequired(_) => {
+                let v = format!("Bearer error=\"insufficient_scope\", scope=\"{}\"", crate::auth::grant::ADMIN_SCOPE);
+                h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_str(&v).expect("header-safe"));
             }
             Self::RateLimited(secs) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(*secs));

@@ -32,6 +32,7 @@ use super::{ApiError, AppState, X_REQUEST_ID};
 use crate::audit::AuditEvent;
 pub use crate::caller::{Caller, RequestId};
 use crate::metrics::{HttpRouteMetrics, method_index};
+use crate::auth::Refused;
 use crate::ratelimit::{Admission, Rejection};
 
 /// A route template and what the front door knows about it.
@@ -143,9 +144,32 @@ where
             req.extensions_mut().insert(id);
         } else {
             let caller = match authenticate(state, &req, id) {
-                Ok(caller) => caller,
-                Err(resp) => {
+                Authenticated::Now(caller) => caller,
+                Authenticated::Refused(resp) => {
                     fut.inner = Inner::Ready(Some(resp));
+                    return fut;
+                }
+                Authenticated::AfterKeyRefresh { token, issuer } => {
+                    // Rare (a JWT signed with a key not fetched yet): off the inline path.
+                    let (shared, mut router) = (self.shared.clone(), self.router.clone());
+                    fut.inner = Inner::Slow(Box::pin(async move {
+                        let state = &shared.state;
+                        let ip = source_ip(&req);
+                        let result = state.auth.authenticate_after_refresh(&token, issuer).await;
+                        let caller = match result {
+                            Ok(identity) => accepted(state, Caller { req_id: id, identity, source_ip: ip }),
+                            Err(refused) => return refuse(state, id, ip, Some(&token), &refused, &req),
+                        };
+                        let _admission = match state.limiter.admit(&caller.identity.bearer_hash, in_flight) {
+                            Ok(admission) => admission,
+                            Err(rejection) => return limited(state, &caller, rejection),
+                        };
+                        req.extensions_mut().insert(caller);
+                        match tower::Service::call(&mut router, req).await {
+                            Ok(resp) => resp,
+                            Err(never) => match never {},
+                        }
+                    }));
                     return fut;
                 }
             };
@@ -167,6 +191,8 @@ enum Inner {
     /// Answered by the front door itself (`None` once taken).
     Ready(Option<Response>),
     Route(RouteFuture<Infallible>),
+    /// Authentication that waits (a key-set fetch), then admission and the route.
+    Slow(Pin<Box<dyn Future<Output = Response> + Send>>),
 }
 
 /// The response future of [`FrontDoor`]: the router's future, then the request id header and
@@ -193,6 +219,7 @@ impl Future for FrontDoorFuture {
                 Ok(resp) => resp,
                 Err(never) => match never {},
             },
+            Inner::Slow(fut) => ready!(fut.as_mut().poll(cx)),
         };
         resp.headers_mut().insert(X_REQUEST_ID.clone(), this.id.header_value());
         this.shared.routes.entries[this.route].metrics.record(
@@ -250,9 +277,15 @@ pub(super) fn source_ip(req: &Request) -> Option<IpAddr> {
     req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
 }
 
+enum Authenticated {
+    Now(Caller),
+    Refused(Response),
+    /// A JWT whose key its issuer has not published yet, as far as Sluice knows: fetch, retry.
+    AfterKeyRefresh { token: String, issuer: usize },
+}
+
 /// `Authorization: Bearer <token>` → [`Caller`], or a 401 response (audited).
-#[allow(clippy::result_large_err)] // The error is the response itself, built once on a cold path.
-fn authenticate(state: &AppState, req: &Request, id: RequestId) -> Result<Caller, Response> {
+fn authenticate(state: &AppState, req: &Request, id: RequestId) -> Authenticated {
     let ip = source_ip(req);
     let token = req
         .headers()
@@ -262,27 +295,59 @@ fn authenticate(state: &AppState, req: &Request, id: RequestId) -> Result<Caller
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, t)| t.trim())
         .filter(|t| !t.is_empty());
-    let result = match token {
-        None => Err(("missing_bearer", ApiError::MissingBearer)),
-        Some(t) => state.auth.authenticate(t).ok_or(("invalid_bearer", ApiError::InvalidBearer)),
+    let Some(token) = token else {
+        state.metrics.auth_failure("missing_bearer");
+        state.metrics.authentication("none", "missing_bearer");
+        state.audit.record(
+            AuditEvent { req_id: Some(id.to_string()), source_ip: ip, ..AuditEvent::new("auth_failure") }
+                .with("reason", "missing_bearer"),
+        );
+        let mut resp = ApiError::MissingBearer.into_response();
+        challenge(state, req, &mut resp, None);
+        return Authenticated::Refused(resp);
     };
-    match result {
-        Ok(identity) => Ok(Caller { req_id: id, identity, source_ip: ip }),
-        Err((reason, err)) => {
-            state.metrics.auth_failure(reason);
-            // The hash of a presented token helps operators find a misconfigured client; the token never appears.
-            let presented = token.map(crate::auth::token_hash);
-            state.audit.record(
-                AuditEvent {
-                    req_id: Some(id.to_string()),
-                    source_ip: ip,
-                    bearer_hash: presented,
-                    ..AuditEvent::new("auth_failure")
-                }
-                .with("reason", reason),
-            );
-            Err(err.into_response())
+    match state.auth.authenticate(token) {
+        Ok(identity) => Authenticated::Now(accepted(state, Caller { req_id: id, identity, source_ip: ip })),
+        Err(Refused::KeysMissing { issuer }) => Authenticated::AfterKeyRefresh { token: token.to_owned(), issuer },
+        Err(refused) => Authenticated::Refused(refuse(state, id, ip, Some(token), &refused, req)),
+    }
+}
+
+fn accepted(state: &AppState, caller: Caller) -> Caller {
+    state.metrics.authentication(caller.identity.method(), "ok");
+    caller
+}
+
+/// A refused bearer: metered, audited with the reason (the presented token's hash helps an
+/// operator find a misconfigured client; the token never appears), answered 401.
+fn refuse(state: &AppState, id: RequestId, ip: Option<IpAddr>, token: Option<&str>, refused: &Refused, req: &Request) -> Response {
+    let method = if matches!(refused, Refused::Unknown) { "static" } else { "jwt" };
+    state.metrics.auth_failure("invalid_bearer");
+    state.metrics.authentication(method, refused.reason());
+    state.audit.record(
+        AuditEvent {
+            req_id: Some(id.to_string()),
+            source_ip: ip,
+            bearer_hash: token.map(crate::auth::token_hash),
+            ..AuditEvent::new("auth_failure")
         }
+        .with("reason", refused.reason()),
+    );
+    let mut resp = match refused {
+        Refused::Unknown => ApiError::InvalidBearer,
+        // A JWT's reason: what an OAuth client needs to decide whether to get a new one.
+        r => ApiError::RefusedToken { reason: r.reason(), description: r.description() },
+    }
+    .into_response();
+    challenge(state, req, &mut resp, Some(refused));
+    resp
+}
+
+/// `WWW-Authenticate` for a 401: `error="invalid_token"` (the contract's), a description for a
+/// refused JWT, and where the protected-resource metadata is when identity providers are set.
+fn challenge(state: &AppState, req: &Request, resp: &mut Response, refused: Option<&Refused>) {
+    if let Some(v) = super::oauth::challenge(state, req, refused) {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }
 }
 

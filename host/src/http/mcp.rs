@@ -243,8 +243,12 @@ impl ServerHandler for Mcp {
         _request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let scoped = caller(&ctx)?.identity.is_scoped();
-        Ok(ListToolsResult::with_all_items(self.tool_list(scoped).as_ref().clone()))
+        let caller = caller(&ctx)?;
+        let list = self.tool_list(caller.identity.is_scoped());
+        let grants = &caller.identity.grants;
+        // Only the tools this bearer may call (the cached list is every tool of its scope).
+        let tools = list.iter().filter(|t| grants.may_call(&t.name)).cloned().collect();
+        Ok(ListToolsResult::with_all_items(tools))
     }
 
     async fn call_tool(

@@ -9,6 +9,7 @@ mod exports;
 mod front_door;
 mod mcp;
 mod mcp_fast;
+mod oauth;
 pub mod openapi;
 pub mod wire;
 mod otlp;
@@ -66,8 +67,10 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// An unscoped caller: what admin routes (plugins, exports, sinks) extract instead of
-/// [`Caller`]. A bearer with a cluster scope gets 403 `tenant_scoped_bearer_refused`.
+/// An admin caller: what admin routes (plugins, exports, sinks) extract instead of [`Caller`].
+/// A bearer with a cluster scope gets 403 `tenant_scoped_bearer_refused`; one of every cluster
+/// without the admin grant (an ACL entry's `admin: false`, a JWT without `sluice:admin`) gets 403
+/// `admin_permission_required`.
 pub struct Admin(pub Caller);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Admin {
@@ -77,6 +80,9 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Admin {
         let caller = parts.extensions.get::<Caller>().cloned().ok_or(ApiError::MissingBearer)?;
         if caller.identity.is_scoped() {
             return Err(ApiError::TenantScopeRefused("admin endpoints need a bearer without a cluster scope".into()));
+        }
+        if !caller.identity.is_admin() {
+            return Err(ApiError::AdminRequired("admin endpoints need a bearer with the admin permission".into()));
         }
         Ok(Self(caller))
     }
@@ -100,6 +106,8 @@ pub struct AppInner {
     pub ingest: crate::config::IngestConfig,
     /// Exports and sinks.
     pub exports: Arc<crate::export::engine::ExportEngine>,
+    /// Served over TLS (for URLs the gateway gives of itself).
+    pub tls: bool,
     /// Cancelled at the end of a drain: closes MCP sessions and their event streams, which would
     /// otherwise keep connections (and the shutdown) open.
     pub mcp_shutdown: tokio_util::sync::CancellationToken,
@@ -128,6 +136,8 @@ const ROUTES: &[(&str, bool)] = &[
     ("/api/v2/admin/plugins", false),
     ("/api/v2/admin/plugins/reload", false),
     ("/metrics", false),
+    (oauth::WELL_KNOWN, true),
+    ("/.well-known/oauth-protected-resource/{*path}", true),
 ];
 
 /// The API service: the front door around the router of everything on the API listener.
@@ -154,6 +164,7 @@ pub fn api_service(state: AppState, max_body: usize) -> FrontDoor {
             "/api/v2/admin/plugins" => get(tools::plugins),
             "/api/v2/admin/plugins/reload" => post(tools::reload),
             "/metrics" => get(metrics),
+            oauth::WELL_KNOWN | "/.well-known/oauth-protected-resource/{*path}" => get(oauth::metadata),
             "/" | "/mcp" => continue,
             other => unreachable!("no handler for route {other}"),
         };
@@ -226,7 +237,9 @@ async fn health() -> axum::Json<wire::Health> {
 ))]
 async fn whoami(Extension(caller): Extension<Caller>) -> Response {
     let id = &caller.identity;
-    let capabilities = wire::BearerCapabilities { sql: !id.is_scoped(), tools: true, admin: !id.is_scoped() };
+    let sees_something = !(id.is_scoped() && id.allowed_clusters.is_empty());
+    let tools = sees_something && id.grants.tools.as_ref().is_none_or(|t| !t.is_empty());
+    let capabilities = wire::BearerCapabilities { sql: id.is_admin(), tools, admin: id.is_admin() };
     axum::Json(wire::WhoAmI { bearer_id: id.bearer_id(), cluster_ids: &id.allowed_clusters, capabilities }).into_response()
 }
 
@@ -258,7 +271,9 @@ async fn openapi_json(State(state): State<AppState>, Extension(caller): Extensio
     let mut doc = DOC.get_or_init(openapi::document).clone();
     let registry = state.runtime.registry();
     let scoped = caller.identity.is_scoped();
-    openapi::add_tools(&mut doc, registry.tools().filter(|t| !scoped || t.allow_tenant_scoped).map(|t| &**t));
+    let grants = &caller.identity.grants;
+    let visible = registry.tools().filter(|t| (!scoped || t.allow_tenant_scoped) && grants.may_call(&t.name));
+    openapi::add_tools(&mut doc, visible.map(|t| &**t));
     axum::Json(doc)
 }
 

@@ -44,10 +44,11 @@ impl Modify for BearerAuth {
         super::exports::test,
         super::mcp::mcp_doc,
         super::mcp::mcp_root_doc,
+        super::oauth::metadata,
     ),
     components(schemas(ErrorBody, SqlRequest, SqlResult, ToolCall, ToolResult, ToolList, ToolDescription, WhoAmI,
         BearerCapabilities, Health, Versions, BinaryVersion, ApiCapabilities, PluginList, ReloadResult, FailedFile,
-        crate::runtime::PluginStatus, crate::export::sink::SinkReload)),
+        crate::runtime::PluginStatus, crate::export::sink::SinkReload, super::oauth::ResourceMetadata)),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
 )]

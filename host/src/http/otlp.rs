@@ -50,6 +50,9 @@ pub async fn ingest(
             DecodeError::ContentType(_) | DecodeError::ContentEncoding(_) => ApiError::UnsupportedMediaType(e.to_string()),
             other => ApiError::InvalidRequest(other.to_string()),
         })?;
+    if caller.identity.is_scoped() && caller.identity.allowed_clusters.is_empty() {
+        return Err(ApiError::TenantScopeRefused("this bearer may see no cluster (its token grants none)".into()));
+    }
     let converted = ingest::convert(&req, &caller.identity.allowed_clusters);
     let accepted = converted.rows.len();
     let db = state.db.clone();

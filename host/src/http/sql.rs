@@ -60,6 +60,9 @@ async fn run(
     if caller.identity.is_scoped() {
         return Err(ApiError::TenantScopeRefused("tenant-scoped bearers have no SQL access; use the tools".into()));
     }
+    if !caller.identity.is_admin() {
+        return Err(ApiError::AdminRequired("SQL needs a bearer with the admin permission".into()));
+    }
     let body = super::error::read_body(body, state.max_body)?;
     let wire::SqlRequest { sql } = serde_json::from_slice(&body).map_err(|e| {
         ApiError::InvalidRequest(format!("the body must be {{\"sql\": \"SELECT ...\"}}: {e}"))

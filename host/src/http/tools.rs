@@ -26,7 +26,7 @@ pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Ca
     let scoped = caller.identity.is_scoped();
     let tools = registry
         .tools()
-        .filter(|t| !scoped || t.allow_tenant_scoped)
+        .filter(|t| (!scoped || t.allow_tenant_scoped) && caller.identity.grants.may_call(&t.name))
         .map(|t| wire::ToolDescription {
             name: &t.name,
             description: &t.description,

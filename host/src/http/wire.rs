@@ -14,7 +14,8 @@ pub struct ErrorBody {
     /// What went wrong, for humans.
     pub error: String,
     /// The machine-readable code: `invalid_request`, `invalid_args`, `sql_not_read_only`,
-    /// `missing_bearer`, `invalid_bearer`, `tenant_scoped_bearer_refused`, `tool_not_found`,
+    /// `missing_bearer`, `invalid_bearer`, `tenant_scoped_bearer_refused`, `tool_not_permitted`,
+    /// `admin_permission_required`, `tool_not_found`,
     /// `not_found`, `gone`, `payload_too_large`, `request_header_fields_too_large`,
     /// `unsupported_media_type`, `rate_limited`, `in_flight_cap`, `tool_backend_failure`,
     /// `shutting_down`, `tool_timeout`, `sql_timeout`.
@@ -22,6 +23,14 @@ pub struct ErrorBody {
     /// `invalid_args`: JSON pointer of the failing value.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// `invalid_bearer` for a JWT: why (`expired`, `not_yet_valid`, `wrong_issuer`,
+    /// `wrong_audience`, `unknown_key`, `bad_signature`, `algorithm_refused`, `missing_claim`,
+    /// `malformed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    /// `tool_not_permitted`, `admin_permission_required`: the scope that would grant it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
     /// `tool_not_found`, `not_found`: the name asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,

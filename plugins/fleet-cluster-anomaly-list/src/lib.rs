@@ -34,13 +34,16 @@ impl Guest for Tool {
                 "cluster_id": {"type": "string"}, "node_id": {"type": "string"}
             }
         });
-        sluice_pdk::rows_tool_of(
-            "fleet.cluster.anomaly_list",
-            env!("CARGO_PKG_VERSION"),
-            "Anomalies in a time window, newest first: straggler events (error), health scores below 0.75 \
-             (warn) or 0.6 (critical), memfrag ioctl bursts over 50 and NCCL collectives over 60 ms (warn).",
-            args,
-            row,
+        sluice_pdk::titled(
+            sluice_pdk::rows_tool_of(
+                "fleet.cluster.anomaly_list",
+                env!("CARGO_PKG_VERSION"),
+                "Anomalies in a time window, newest first: straggler events (error), health scores below 0.75 \
+                 (warn) or 0.6 (critical), memfrag ioctl bursts over 50 and NCCL collectives over 60 ms (warn).",
+                args,
+                row,
+            ),
+            "Cluster anomalies",
         )
     }
 

@@ -27,13 +27,16 @@ impl Guest for Tool {
                 "robust_z": num, "direction": {"enum": ["high", "low"]}
             }
         });
-        sluice_pdk::rows_tool_of(
-            "fleet.cluster.find_outlier_nodes",
-            env!("CARGO_PKG_VERSION"),
-            "Nodes whose average of a metric is far from their cluster's median: robust z-score \
-             (value - median) / (1.4826 * MAD) beyond z, most extreme first.",
-            args,
-            row,
+        sluice_pdk::titled(
+            sluice_pdk::rows_tool_of(
+                "fleet.cluster.find_outlier_nodes",
+                env!("CARGO_PKG_VERSION"),
+                "Nodes whose average of a metric is far from their cluster's median: robust z-score \
+                 (value - median) / (1.4826 * MAD) beyond z, most extreme first.",
+                args,
+                row,
+            ),
+            "Outlier nodes by metric",
         )
     }
 

@@ -23,13 +23,16 @@ impl Guest for Tool {
                 "health_avg": num, "cluster_median": num, "cluster_mad": num, "threshold": num
             }
         });
-        sluice_pdk::rows_tool_of(
-            "fleet.cluster.find_stragglers",
-            env!("CARGO_PKG_VERSION"),
-            "Nodes whose average health score is below their cluster's median minus k times the MAD \
-             (median absolute deviation) of the nodes' averages, weakest first.",
-            args,
-            row,
+        sluice_pdk::titled(
+            sluice_pdk::rows_tool_of(
+                "fleet.cluster.find_stragglers",
+                env!("CARGO_PKG_VERSION"),
+                "Nodes whose average health score is below their cluster's median minus k times the MAD \
+                 (median absolute deviation) of the nodes' averages, weakest first.",
+                args,
+                row,
+            ),
+            "Straggler nodes",
         )
     }
 

@@ -19,12 +19,15 @@ impl Guest for Tool {
                 "samples": {"type": "integer"}, "total": num, "mean": num, "min": num, "max": num, "p95": num
             }
         });
-        sluice_pdk::rows_tool_of(
-            "fleet.cluster.kernel_launch_summary",
-            env!("CARGO_PKG_VERSION"),
-            "Kernel launches per node: for each gpu.kernel.launch.* metric, samples, total, mean, min, max, p95.",
-            args,
-            row,
+        sluice_pdk::titled(
+            sluice_pdk::rows_tool_of(
+                "fleet.cluster.kernel_launch_summary",
+                env!("CARGO_PKG_VERSION"),
+                "Kernel launches per node: for each gpu.kernel.launch.* metric, samples, total, mean, min, max, p95.",
+                args,
+                row,
+            ),
+            "Kernel launch summary",
         )
     }
 

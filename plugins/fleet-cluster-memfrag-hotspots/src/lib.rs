@@ -20,13 +20,16 @@ impl Guest for Tool {
                 "samples": {"type": "integer"}, "ioctl_events": {"type": "number"}, "peak": {"type": "number"}
             }
         });
-        sluice_pdk::rows_tool_of(
-            "fleet.cluster.memfrag_hotspots",
-            env!("CARGO_PKG_VERSION"),
-            "Memory-fragmentation hotspots: memfrag ioctl events (gpu.memfrag.ioctl_event_total) per node \
-             and command, most first.",
-            args,
-            row,
+        sluice_pdk::titled(
+            sluice_pdk::rows_tool_of(
+                "fleet.cluster.memfrag_hotspots",
+                env!("CARGO_PKG_VERSION"),
+                "Memory-fragmentation hotspots: memfrag ioctl events (gpu.memfrag.ioctl_event_total) per node \
+                 and command, most first.",
+                args,
+                row,
+            ),
+            "Memory-fragmentation hotspots",
         )
     }
 

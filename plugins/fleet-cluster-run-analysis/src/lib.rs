@@ -26,6 +26,7 @@ impl Guest for RunAnalysis {
             version: env!("CARGO_PKG_VERSION").into(),
             input_schema: json!({
                 "type": "object",
+                "title": "Read-only SQL analysis",
                 "required": ["sql"],
                 "properties": {
                     "sql": {"type": "string", "minLength": 1, "maxLength": 100000,

@@ -24,6 +24,7 @@ impl Guest for Summary {
             version: env!("CARGO_PKG_VERSION").into(),
             input_schema: json!({
                 "type": "object",
+                "title": "Cluster summary",
                 "properties": {
                     "cluster_id": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$",
                                    "description": "Only this cluster; all clusters when absent."}

@@ -65,6 +65,16 @@ pub fn rows_tool_of(name: &str, version: &str, description: &str, input_schema: 
     ToolInfo { output_schema: output.to_string(), ..rows_tool(name, version, description, input_schema) }
 }
 
+/// `info` with a human-readable `title` in its input schema, which MCP clients show as the tool's
+/// `title` (and its annotations' title). The schema must be a JSON object.
+pub fn titled(mut info: ToolInfo, title: &str) -> ToolInfo {
+    if let Ok(Json::Object(mut schema)) = serde_json::from_str::<Json>(&info.input_schema) {
+        schema.insert("title".into(), Json::String(title.into()));
+        info.input_schema = Json::Object(schema).to_string();
+    }
+    info
+}
+
 /// A query result as the tool's answer: `{"rows": [{column: value, ...}, ...]}`.
 pub fn rows_result(result: &QueryResult) -> Result<String, ToolError> {
     to_result(&json!({ "rows": rows_as_objects(result) }))

@@ -1,5 +1,5 @@
 //! Bearer authentication: an ACL file (YAML or JSON) or a single token file, watched for changes,
-//! with a grace window for removed tokens.
+//! with a grace window for removed tokens; and JWTs from trusted issuers ([`jwt`]).
 //!
 //! Tokens are compared as SHA-256 digests in constant time, against every entry, so neither a
 //! token's length nor which entry matched shows in the timing. Only digests are kept in memory
@@ -16,6 +16,11 @@ use sha2::{Digest, Sha256};
 
 use crate::audit::{AuditEvent, AuditLog};
 
+pub mod grant;
+pub mod jwt;
+
+pub use grant::Grants;
+
 /// Default time a removed token keeps working after the file changes.
 pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(300);
 
@@ -28,24 +33,60 @@ pub struct Identity {
     pub bearer_hash: String,
     /// The operator's name for the key: audit lines only, never in responses.
     pub key_name: String,
-    /// Clusters this bearer may see; empty means all.
+    /// Clusters this bearer may see, unless `all_clusters` (then empty).
     pub allowed_clusters: Vec<String>,
+    /// Every cluster. A static bearer without `allowed_clusters` has it; a JWT bearer only by
+    /// an explicit grant (no cluster claim means no cluster, not all).
+    pub all_clusters: bool,
+    /// Tools and admin routes.
+    pub grants: Grants,
+    /// For a JWT bearer: its issuer, subject and id (audit lines; never the token).
+    pub token: Option<TokenInfo>,
+}
+
+/// What audit lines say of a JWT bearer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub issuer: String,
+    pub subject: String,
+    pub jti: Option<String>,
 }
 
 impl Identity {
+    /// A static bearer: `clusters` empty means all; `grants` as its ACL entry says.
+    pub fn static_bearer(bearer_hash: String, key_name: String, clusters: Vec<String>, grants: Grants) -> Self {
+        Self { bearer_hash, key_name, all_clusters: clusters.is_empty(), allowed_clusters: clusters, grants, token: None }
+    }
+
+    /// How the bearer authenticated (`static` or `jwt`): a metric label.
+    pub fn method(&self) -> &'static str {
+        if self.token.is_some() { "jwt" } else { "static" }
+    }
+
+    /// Whether the bearer may use the admin routes (plugins, exports, sinks, SQL): granted, and
+    /// over every cluster, since those read across clusters.
+    pub fn is_admin(&self) -> bool {
+        self.grants.admin && self.all_clusters
+    }
+
+    /// The clusters every query of this bearer is limited to; `None`: no limit.
+    pub fn cluster_scope(&self) -> Option<&[String]> {
+        (!self.all_clusters).then_some(self.allowed_clusters.as_slice())
+    }
+
     /// The opaque id shown to the bearer itself (`whoami`): a prefix of the token's digest.
     pub fn bearer_id(&self) -> &str {
         &self.bearer_hash[..16]
     }
 
-    /// Whether the bearer is limited to some clusters.
+    /// Whether the bearer is limited to some clusters (possibly none).
     pub fn is_scoped(&self) -> bool {
-        !self.allowed_clusters.is_empty()
+        !self.all_clusters
     }
 
     /// Whether the bearer may see `cluster`.
     pub fn may_see(&self, cluster: &str) -> bool {
-        !self.is_scoped() || self.allowed_clusters.iter().any(|c| c == cluster)
+        self.all_clusters || self.allowed_clusters.iter().any(|c| c == cluster)
     }
 }
 
@@ -64,6 +105,28 @@ pub struct AclEntry {
     /// Clusters the bearer may see; empty or absent means all.
     #[serde(default)]
     pub allowed_clusters: Vec<String>,
+    /// Tool name patterns it may call (`fleet.cluster.*`); absent means all.
+    #[serde(default)]
+    pub allowed_tools: Option<Vec<String>>,
+    /// The admin routes (plugins, exports, sinks, SQL); absent means yes for a bearer of every
+    /// cluster (as before this field existed), and a bearer with `allowed_clusters` never has them.
+    #[serde(default)]
+    pub admin: Option<bool>,
+}
+
+impl AclEntry {
+    /// An entry for `token` seeing `clusters` (empty: all), with every tool and, when it sees
+    /// every cluster, the admin routes: what an entry with only these fields means.
+    pub fn token(key_name: &str, token: &str, clusters: &[&str]) -> Self {
+        Self {
+            key_name: key_name.into(),
+            token: Some(token.into()),
+            token_sha256: None,
+            allowed_clusters: clusters.iter().map(|c| c.to_string()).collect(),
+            allowed_tools: None,
+            admin: None,
+        }
+    }
 }
 
 /// Where the bearers come from.
@@ -87,10 +150,43 @@ struct Entry {
 /// The live set of bearers.
 pub struct AuthStore {
     entries: ArcSwap<Vec<Entry>>,
+    /// JWT issuers, when `[auth.jwt]` names any.
+    jwt: Option<Arc<jwt::JwtVerifier>>,
     source: AuthSource,
     grace: Duration,
     audit: AuditLog,
     reload_lock: Mutex<()>,
+}
+
+/// Why a bearer was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// Not a live static bearer, and not a JWT a trusted issuer could have made.
+    Unknown,
+    /// A JWT, refused for the reason given.
+    Jwt(jwt::Refusal),
+    /// A JWT whose key its issuer's key set lacks: fetch the set again, then decide.
+    KeysMissing { issuer: usize },
+}
+
+impl Refused {
+    /// A stable label: `invalid_bearer`, or the JWT's reason (`expired`, `wrong_audience`, ...).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Unknown => "invalid_bearer",
+            Self::Jwt(r) => r.reason,
+            Self::KeysMissing { .. } => "unknown_key",
+        }
+    }
+
+    /// Said to the client (`error_description`): what is wrong, never which keys exist.
+    pub fn description(&self) -> String {
+        match self {
+            Self::Unknown => "unknown or expired bearer token".into(),
+            Self::Jwt(r) => r.detail.clone(),
+            Self::KeysMissing { .. } => "the token's signing key is not in its issuer's key set".into(),
+        }
+    }
 }
 
 /// SHA-256 (hex) of a token: the only form in which a token is ever logged.
@@ -118,6 +214,8 @@ fn load(source: &AuthSource) -> anyhow::Result<Vec<([u8; 32], Identity)>> {
                 token: Some(token.trim().to_owned()),
                 token_sha256: None,
                 allowed_clusters: vec![],
+                allowed_tools: None,
+                admin: None,
             }]
         }
         AuthSource::AclFile(p) => {
@@ -149,10 +247,16 @@ fn load(source: &AuthSource) -> anyhow::Result<Vec<([u8; 32], Identity)>> {
         for c in &e.allowed_clusters {
             anyhow::ensure!(!c.is_empty(), "bearer {:?}: empty cluster id in allowed_clusters", e.key_name);
         }
-        out.push((
-            d,
-            Identity { bearer_hash: hex::encode(d), key_name: e.key_name, allowed_clusters: e.allowed_clusters },
-        ));
+        for p in e.allowed_tools.iter().flatten() {
+            grant::check_pattern(p).map_err(|m| anyhow::anyhow!("bearer {:?}: allowed_tools: {m}", e.key_name))?;
+        }
+        anyhow::ensure!(
+            !(e.admin == Some(true) && !e.allowed_clusters.is_empty()),
+            "bearer {:?}: admin needs every cluster (SQL and exports read across clusters); drop allowed_clusters or admin",
+            e.key_name
+        );
+        let grants = Grants { tools: e.allowed_tools, admin: e.admin.unwrap_or(true) };
+        out.push((d, Identity::static_bearer(hex::encode(d), e.key_name, e.allowed_clusters, grants)));
     }
     Ok(out)
 }
@@ -160,14 +264,25 @@ fn load(source: &AuthSource) -> anyhow::Result<Vec<([u8; 32], Identity)>> {
 impl AuthStore {
     /// Loads the bearers; an unreadable or invalid source is an error at start-up.
     pub fn new(source: AuthSource, grace: Duration, audit: AuditLog) -> anyhow::Result<Arc<Self>> {
+        Self::with_jwt(source, grace, audit, None)
+    }
+
+    /// [`AuthStore::new`], with JWT bearers from `jwt`'s issuers too.
+    pub fn with_jwt(
+        source: AuthSource,
+        grace: Duration,
+        audit: AuditLog,
+        jwt: Option<Arc<jwt::JwtVerifier>>,
+    ) -> anyhow::Result<Arc<Self>> {
         let loaded = load(&source)?;
-        anyhow::ensure!(!loaded.is_empty(), "no usable bearer token is configured");
+        anyhow::ensure!(!loaded.is_empty() || jwt.is_some(), "no usable bearer token is configured");
         let entries = loaded
             .into_iter()
             .map(|(digest, identity)| Entry { digest, identity: Arc::new(identity), expires: None })
             .collect();
         Ok(Arc::new(Self {
             entries: ArcSwap::from_pointee(entries),
+            jwt,
             source,
             grace,
             audit,
@@ -175,17 +290,49 @@ impl AuthStore {
         }))
     }
 
-    /// The identity behind `token`, if it is live (or within its grace window).
-    pub fn authenticate(&self, token: &str) -> Option<Arc<Identity>> {
+    /// The JWT verifier, when issuers are configured.
+    pub fn jwt(&self) -> Option<&Arc<jwt::JwtVerifier>> {
+        self.jwt.as_ref()
+    }
+
+    /// The identity behind `token`: a live static bearer (or one within its grace window), or
+    /// a JWT from a trusted issuer. [`Refused::KeysMissing`] asks the caller to try
+    /// [`AuthStore::authenticate_after_refresh`].
+    pub fn authenticate(&self, token: &str) -> Result<Arc<Identity>, Refused> {
         if token.is_empty() {
-            return None;
+            return Err(Refused::Unknown);
         }
         let d = digest(token.as_bytes());
+        if let Some(identity) = self.static_bearer(&d) {
+            return Ok(identity);
+        }
+        match &self.jwt {
+            Some(v) if jwt::JwtVerifier::looks_like_jwt(token) => match v.check(token, &d) {
+                jwt::Checked::Valid(identity) => Ok(identity),
+                jwt::Checked::Refused(r) => Err(Refused::Jwt(r)),
+                jwt::Checked::UnknownKey { issuer } => Err(Refused::KeysMissing { issuer }),
+            },
+            _ => Err(Refused::Unknown),
+        }
+    }
+
+    /// For a JWT signed with a key its issuer had not published when last fetched: fetches the
+    /// key set again (at most once per the issuer's `min_refresh_interval`) and checks again.
+    pub async fn authenticate_after_refresh(&self, token: &str, issuer: usize) -> Result<Arc<Identity>, Refused> {
+        let Some(v) = &self.jwt else { return Err(Refused::Unknown) };
+        match v.check_after_refresh(token, &digest(token.as_bytes()), issuer).await {
+            jwt::Checked::Valid(identity) => Ok(identity),
+            jwt::Checked::Refused(r) => Err(Refused::Jwt(r)),
+            jwt::Checked::UnknownKey { .. } => unreachable!("check_after_refresh settles unknown keys"),
+        }
+    }
+
+    fn static_bearer(&self, d: &[u8; 32]) -> Option<Arc<Identity>> {
         let entries = self.entries.load();
         let mut found: Option<&Entry> = None;
         // No early exit: every entry is compared.
         for e in entries.iter() {
-            if ct_eq(&d, &e.digest) && found.is_none() {
+            if ct_eq(d, &e.digest) && found.is_none() {
                 found = Some(e);
             }
         }
@@ -269,12 +416,7 @@ mod tests {
     use super::*;
 
     fn entry(name: &str, token: &str, clusters: &[&str]) -> AclEntry {
-        AclEntry {
-            key_name: name.into(),
-            token: Some(token.into()),
-            token_sha256: None,
-            allowed_clusters: clusters.iter().map(|c| c.to_string()).collect(),
-        }
+        AclEntry::token(name, token, clusters)
     }
 
     #[test]
@@ -283,7 +425,7 @@ mod tests {
         let store = AuthStore::new(
             AuthSource::Static(vec![
                 entry("one", "t1", &["a"]),
-                AclEntry { key_name: "two".into(), token: None, token_sha256: Some(hashed), allowed_clusters: vec![] },
+                AclEntry { token: None, token_sha256: Some(hashed), ..entry("two", "", &[]) },
                 entry("empty", "", &[]),
             ]),
             DEFAULT_ROTATION_GRACE,
@@ -293,9 +435,9 @@ mod tests {
         assert_eq!(store.authenticate("t1").unwrap().key_name, "one");
         assert!(store.authenticate("t1").unwrap().is_scoped());
         assert_eq!(store.authenticate("t2").unwrap().key_name, "two");
-        assert!(store.authenticate("").is_none());
-        assert!(store.authenticate("t3").is_none());
-        assert!(store.authenticate("t1 ").is_none());
+        assert_eq!(store.authenticate("").err(), Some(Refused::Unknown));
+        assert_eq!(store.authenticate("t3").err(), Some(Refused::Unknown));
+        assert_eq!(store.authenticate("t1 ").err(), Some(Refused::Unknown));
     }
 
     #[test]
@@ -313,5 +455,34 @@ mod tests {
         std::fs::write(&bad, "- key_name: x\n  token: a\n  token_sha256: b\n").unwrap();
         let err = AuthStore::new(AuthSource::AclFile(bad), DEFAULT_ROTATION_GRACE, AuditLog::memory().0).err().unwrap();
         assert!(format!("{err:#}").contains("exactly one of token and token_sha256"), "{err:#}");
+    }
+
+    #[test]
+    fn acl_entries_without_tools_or_admin_keep_their_meaning() {
+        let dir = crate::db::tempdir::Dir::new();
+        let acl = dir.path().join("acl.yaml");
+        std::fs::write(
+            &acl,
+            "- {key_name: ops, token: a}\n- {key_name: tenant, token: b, allowed_clusters: [c1]}\n\
+             - {key_name: reader, token: c, allowed_tools: ['fleet.cluster.*'], admin: false}\n",
+        )
+        .unwrap();
+        let s = AuthStore::new(AuthSource::AclFile(acl.clone()), DEFAULT_ROTATION_GRACE, AuditLog::memory().0).unwrap();
+        let (ops, tenant, reader) = (s.authenticate("a").unwrap(), s.authenticate("b").unwrap(), s.authenticate("c").unwrap());
+        // Unscoped without the new fields: the operator, as before (every tool, admin routes).
+        assert!(ops.is_admin() && ops.grants.may_call("anything.at_all") && ops.cluster_scope().is_none());
+        // Scoped: every tool, no admin routes, its clusters.
+        assert!(!tenant.is_admin() && tenant.grants.may_call("fleet.cluster.summary"));
+        assert_eq!(tenant.cluster_scope(), Some(&["c1".to_owned()][..]));
+        // Tightened: only its tools, no admin routes although it sees every cluster.
+        assert!(!reader.is_admin() && reader.grants.may_call("fleet.cluster.summary") && !reader.grants.may_call("test.trivial"));
+        for (bad, says) in [
+            ("- {key_name: x, token: a, allowed_clusters: [c1], admin: true}\n", "admin needs every cluster"),
+            ("- {key_name: x, token: a, allowed_tools: ['Fleet!']}\n", "is not a tool pattern"),
+        ] {
+            std::fs::write(&acl, bad).unwrap();
+            let err = AuthStore::new(AuthSource::AclFile(acl.clone()), DEFAULT_ROTATION_GRACE, AuditLog::memory().0).err().unwrap();
+            assert!(format!("{err:#}").contains(says), "{err:#}");
+        }
     }
 }
