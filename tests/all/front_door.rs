@@ -345,6 +345,7 @@ async fn the_openapi_document_describes_every_route_and_every_error_code() {
         "/api/v2/admin/plugins",
         "/api/v2/admin/plugins/reload",
         "/metrics",
+        "/.well-known/oauth-protected-resource",
     ]);
     assert_eq!(paths, expected);
     // Every route the document names answers (not the router's 404 fallback).
@@ -356,6 +357,7 @@ async fn the_openapi_document_describes_every_route_and_every_error_code() {
         "invalid_request", "invalid_args", "sql_not_read_only", "missing_bearer", "invalid_bearer",
         "tenant_scoped_bearer_refused", "tool_not_found", "gone", "payload_too_large", "rate_limited",
         "in_flight_cap", "tool_backend_failure", "shutting_down", "tool_timeout", "sql_timeout",
+        "tool_not_permitted", "admin_permission_required",
     ] {
         assert!(text.contains(code), "error code {code} is not documented");
     }

@@ -14,7 +14,7 @@ fn unknown(what: &'static str, name: String) -> ApiError {
 /// `GET /api/v2/exports`: every export's status.
 #[utoipa::path(get, path = "/api/v2/exports", responses(
         (status = 200, description = "`{\"exports\": [status]}`: condition, generation, checksum, and per sink `synced`, `lastExportTime`, `lastChecksum`, `lastError`, `breaker`", body = Object),
-        (status = 403, description = "`tenant_scoped_bearer_refused`", body = wire::ErrorBody),
+        (status = 403, description = "`tenant_scoped_bearer_refused`, or `admin_permission_required` without the admin permission", body = wire::ErrorBody),
         wire::FrontDoorErrors,
 ))]
 pub async fn list(State(state): State<AppState>, _: Admin) -> Result<impl IntoResponse, ApiError> {
@@ -24,7 +24,7 @@ pub async fn list(State(state): State<AppState>, _: Admin) -> Result<impl IntoRe
 /// `GET /api/v2/exports/{name}`: one export's status.
 #[utoipa::path(get, path = "/api/v2/exports/{name}", params(("name" = String, Path, description = "Export name")), responses(
         (status = 200, description = "The export's status", body = Object),
-        (status = 403, description = "`tenant_scoped_bearer_refused`", body = wire::ErrorBody),
+        (status = 403, description = "`tenant_scoped_bearer_refused`, or `admin_permission_required` without the admin permission", body = wire::ErrorBody),
         (status = 404, description = "`not_found` (with `name`)", body = wire::ErrorBody),
         wire::FrontDoorErrors,
 ))]
@@ -39,7 +39,7 @@ pub async fn show(
 /// `POST /api/v2/exports/{name}/run`: runs the export now and answers its status.
 #[utoipa::path(post, path = "/api/v2/exports/{name}/run", params(("name" = String, Path, description = "Export name")), responses(
         (status = 200, description = "The export's status after the run (sink failures are in it, not errors)", body = Object),
-        (status = 403, description = "`tenant_scoped_bearer_refused`", body = wire::ErrorBody),
+        (status = 403, description = "`tenant_scoped_bearer_refused`, or `admin_permission_required` without the admin permission", body = wire::ErrorBody),
         (status = 404, description = "`not_found` (with `name`)", body = wire::ErrorBody),
         (status = 500, description = "`tool_backend_failure` with `tool` = `export`: the export's query failed", body = wire::ErrorBody),
         wire::FrontDoorErrors,
@@ -66,7 +66,7 @@ pub async fn run(
 /// `GET /api/v2/sinks`: the configured sinks.
 #[utoipa::path(get, path = "/api/v2/sinks", responses(
         (status = 200, description = "`{\"sinks\": [{name, type, family, version, capabilities, formats, allowPrivate, digest}]}`", body = Object),
-        (status = 403, description = "`tenant_scoped_bearer_refused`", body = wire::ErrorBody),
+        (status = 403, description = "`tenant_scoped_bearer_refused`, or `admin_permission_required` without the admin permission", body = wire::ErrorBody),
         wire::FrontDoorErrors,
 ))]
 pub async fn sinks(State(state): State<AppState>, _: Admin) -> Result<impl IntoResponse, ApiError> {
@@ -102,7 +102,7 @@ pub async fn sinks(State(state): State<AppState>, _: Admin) -> Result<impl IntoR
 /// path, writing nothing.
 #[utoipa::path(post, path = "/api/v2/sinks/{name}/test", params(("name" = String, Path, description = "Sink name")), responses(
         (status = 200, description = "`{sink, verified, latencyMs, detail}`: `verified` false with the reason when the sink is unreachable", body = Object),
-        (status = 403, description = "`tenant_scoped_bearer_refused`", body = wire::ErrorBody),
+        (status = 403, description = "`tenant_scoped_bearer_refused`, or `admin_permission_required` without the admin permission", body = wire::ErrorBody),
         (status = 404, description = "`not_found` (with `name`)", body = wire::ErrorBody),
         wire::FrontDoorErrors,
 ))]

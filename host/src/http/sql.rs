@@ -23,7 +23,7 @@ const AUDIT_SQL_CHARS: usize = 1000;
     responses(
         (status = 200, description = "`columns` (names), `types` (type families), positional `rows`, `truncated`", body = wire::SqlResult),
         (status = 400, description = "`sql_not_read_only` (a write, DDL, ATTACH, COPY, INSTALL/LOAD, SET/PRAGMA, a file or URL reader, several statements), `invalid_request` (body, or SQL DuckDB cannot parse or bind)", body = wire::ErrorBody),
-        (status = 403, description = "`tenant_scoped_bearer_refused`: tenant-scoped bearers have no SQL access", body = wire::ErrorBody),
+        (status = 403, description = "`tenant_scoped_bearer_refused`: tenant-scoped bearers have no SQL access; `admin_permission_required` without the admin permission", body = wire::ErrorBody),
         (status = 413, description = "`payload_too_large`", body = wire::ErrorBody),
         (status = 500, description = "`tool_backend_failure` with `tool` = `sql`: scrubbed; the full error is in the audit log", body = wire::ErrorBody),
         (status = 504, description = "`sql_timeout` (with `timeout_ms`): interrupted at the query timeout", body = wire::ErrorBody),

@@ -43,7 +43,7 @@ pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Ca
     responses(
         (status = 200, description = "The tool's result; headers `X-Sluice-Plugin-Version` and `X-Sluice-Plugin-Digest` name the version that answered", body = wire::ToolResult),
         (status = 400, description = "`invalid_request` (body, name), `invalid_args` (with `path`), `sql_not_read_only`", body = wire::ErrorBody),
-        (status = 403, description = "`tenant_scoped_bearer_refused`", body = wire::ErrorBody),
+        (status = 403, description = "`tenant_scoped_bearer_refused`, or `tool_not_permitted` (the bearer's grants do not cover the tool; `scope` names the one that would)", body = wire::ErrorBody),
         (status = 404, description = "`tool_not_found` (with `name`)", body = wire::ErrorBody),
         (status = 413, description = "`payload_too_large`", body = wire::ErrorBody),
         (status = 500, description = "`tool_backend_failure`: scrubbed body with `tool` and `req_id`; the full error is in the audit log", body = wire::ErrorBody),
@@ -93,7 +93,7 @@ fn parse_args(body: &[u8]) -> Result<Value, CallFailure> {
 /// `GET /api/v2/admin/plugins`: every plugin file's status. Unscoped bearers only.
 #[utoipa::path(get, path = "/api/v2/admin/plugins", responses(
         (status = 200, description = "Plugin files", body = wire::PluginList),
-        (status = 403, description = "`tenant_scoped_bearer_refused`", body = wire::ErrorBody),
+        (status = 403, description = "`tenant_scoped_bearer_refused`, or `admin_permission_required` without the admin permission", body = wire::ErrorBody),
         wire::FrontDoorErrors,
 ))]
 pub async fn plugins(State(state): State<AppState>, _: Admin) -> Result<impl IntoResponse, ApiError> {
@@ -104,7 +104,7 @@ pub async fn plugins(State(state): State<AppState>, _: Admin) -> Result<impl Int
 /// `POST /api/v2/admin/plugins/reload`: reload the plugins directory now. Unscoped bearers only.
 #[utoipa::path(post, path = "/api/v2/admin/plugins/reload", responses(
         (status = 200, description = "What the reload did", body = wire::ReloadResult),
-        (status = 403, description = "`tenant_scoped_bearer_refused`", body = wire::ErrorBody),
+        (status = 403, description = "`tenant_scoped_bearer_refused`, or `admin_permission_required` without the admin permission", body = wire::ErrorBody),
         wire::FrontDoorErrors,
 ))]
 pub async fn reload(State(state): State<AppState>, Admin(caller): Admin) -> Result<impl IntoResponse, ApiError> {
