@@ -264,12 +264,24 @@ async fn refused_tokens_get_401_with_a_reason_each_audited_and_counted() {
         assert_eq!(line["reason"], *want);
         assert_eq!(line["bearer_hash"], crate::common::sha256_hex(token.as_bytes()));
     }
+    // Within min_refresh_interval of that fetch, another unknown key fetches nothing: tokens
+    // with made-up key ids cannot make Sluice hammer the identity provider.
+    // (min_refresh_interval is 100 ms here: at most one fetch per 100 ms of these calls.)
+    let (fetches, started) = (idp.fetches.load(Ordering::SeqCst), std::time::Instant::now());
+    for i in 0..10 {
+        let r = gw.call_as(&sign(&unpublished, &claims(json!({"jti": format!("again-{i}")}))), "fleet.cluster.summary", json!({})).await;
+        assert_eq!(r.body["reason"], "unknown_key");
+    }
+    let allowed = 1 + started.elapsed().as_millis() as usize / 100;
+    let fetched = idp.fetches.load(Ordering::SeqCst) - fetches;
+    assert!(fetched <= allowed.min(9), "{fetched} fetches for 10 unknown keys in {:?}", started.elapsed());
     let metrics = gw.request("GET", "/metrics", None).await.text;
-    for want in ["expired", "not_yet_valid", "wrong_audience", "unknown_key", "bad_signature", "missing_claim"] {
+    for want in ["expired", "not_yet_valid", "wrong_audience", "bad_signature", "missing_claim"] {
         let line = format!("sluice_authentications_total{{method=\"jwt\",outcome=\"{want}\"}} 1");
         assert!(metrics.contains(&line), "{line} not in metrics");
     }
     assert!(metrics.contains("sluice_authentications_total{method=\"jwt\",outcome=\"algorithm_refused\"} 2"));
+    assert!(metrics.contains("sluice_authentications_total{method=\"jwt\",outcome=\"unknown_key\"} 11"));
     assert!(metrics.contains("sluice_authentications_total{method=\"jwt\",outcome=\"ok\"} 3"));
     // A static token still works, and an unknown opaque one is the contract's plain 401.
     assert_eq!(gw.call_as(TENANT_TOKEN, "fleet.cluster.summary", json!({})).await.status, 200);
