@@ -23,6 +23,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
+#[path = "support/jwt.rs"]
+mod jwt;
+
 const CONNECTIONS: usize = 32;
 const ROUND: &str = "4s";
 const ROUNDS: usize = 3;
@@ -50,13 +53,14 @@ fn start(scratch: &Path, name: &str, audit: &str) -> Gateway {
         &config,
         format!(
             "[plugins]\nwatch = false\n[rate_limit]\nrequests_per_second = 10000000\nburst = 10000000\n\
-             [limits]\nmax_in_flight_per_bearer = 10000\nmax_in_flight = 10000\n[audit]\ndestination = {audit:?}\n"
+             [limits]\nmax_in_flight_per_bearer = 10000\nmax_in_flight = 10000\n[audit]\ndestination = {audit:?}\n\
+             [[auth.jwt.issuers]]\nissuer = \"https://idp.bench\"\naudiences = [\"sluice\"]\njwks_file = \"jwks.json\"\n"
         ),
     )
     .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .current_dir(scratch)
-        .args(["serve", "--plugins", "plugins", "--auth-token-file", "token", "--insecure-no-tls", "--db"])
+        .args(["serve", "--plugins", "plugins", "--bearer-acl-file", "bearers.yaml", "--insecure-no-tls", "--db"])
         .arg(&db)
         .args(["--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0", "--config"])
         .arg(&config)
@@ -174,7 +178,13 @@ fn main() {
         std::fs::copy(root.join(from), scratch.join("plugins").join(to))
             .unwrap_or_else(|e| panic!("{from}: {e}; build the components first (scripts/dev bench does)"));
     }
-    std::fs::write(scratch.join("token"), TOKEN).unwrap();
+    // The bench bearer, and a static bearer as long as the JWT (what the longer header alone costs).
+    std::fs::write(
+        scratch.join("bearers.yaml"),
+        format!("- {{key_name: bench, token: {TOKEN}}}\n- {{key_name: long, token: {}}}\n", long_static_token()),
+    )
+    .unwrap();
+    std::fs::write(scratch.join("jwks.json"), serde_json::json!({"keys": [jwt::key().1]}).to_string()).unwrap();
     let seeded = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .current_dir(&scratch)
         .args(["demo", "seed", "--db", "fleet.duckdb", "--clusters", "3", "--nodes", "16", "--hours", "24"])
@@ -196,6 +206,8 @@ fn main() {
         ("MCP trivial, stateless", "/", script(&scratch, "mcp", "POST", call, &json)),
         ("MCP trivial, sessions", "/mcp", session_script(&scratch, "mcp-session", call, &session)),
         ("REST summary (all clusters)", "/api/v2/tools/fleet.cluster.summary", script(&scratch, "summary", "POST", r#"{"args":{}}"#, &[])),
+        ("health, JWT bearer", "/api/v2/health", script(&scratch, "health-jwt", "GET", "", &[("Authorization", &format!("Bearer {}", jwt::token()))])),
+        ("health, static bearer as long as the JWT", "/api/v2/health", script(&scratch, "health-long", "GET", "", &[("Authorization", &format!("Bearer {}", long_static_token()))])),
     ];
     let file_session_script = session_script(&scratch, "mcp-session-file", call, &file_session);
 
@@ -235,6 +247,25 @@ fn main() {
         (med[1][1].0 / med[1][0].0) / (rest / health)
     );
     println!("ratio MCP stateless, audit file / null: {:.3}", med[1][2].0 / mcp);
+    // A JWT bearer (verified once, then cached) against the static one, on the same route, and
+    // a static bearer as long as the JWT: the longer header's share of the difference.
+    for (g, audit) in ["/dev/null", "file"].iter().enumerate() {
+        let (static_, jwt, long) = (med[g][0], med[g][5], med[g][6]);
+        println!(
+            "health ({audit} gateway), JWT / static bearer: calls/s {:.3}, CPU per call {:.1} vs {:.1} µs; \
+             a static bearer as long as the JWT: calls/s {:.3}, {:.1} µs",
+            jwt.0 / static_.0,
+            jwt.3,
+            static_.3,
+            long.0 / static_.0,
+            long.3
+        );
+    }
     drop((null, file));
     let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// A static token as long as the benchmark's JWT.
+fn long_static_token() -> String {
+    "s".repeat(jwt::token().len())
 }

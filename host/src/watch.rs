@@ -16,6 +16,31 @@ use std::time::Duration;
 use anyhow::Context as _;
 use notify::Watcher as _;
 
+/// Calls `reload` on what `target` points to after `file` changes, while it is alive; a reload
+/// that fails is logged with `what` (e.g. "Bearer file") and changes nothing.
+pub fn watch_file<T: Send + Sync + 'static>(
+    thread_name: &str,
+    file: &Path,
+    what: &'static str,
+    target: std::sync::Weak<T>,
+    reload: impl Fn(&T) -> anyhow::Result<()> + Send + 'static,
+) -> anyhow::Result<notify::RecommendedWatcher> {
+    let name = file.file_name().map(|n| n.to_owned());
+    watch(
+        thread_name,
+        &[parent_dir(file)],
+        move |p| p.file_name() == name.as_deref(),
+        Duration::from_millis(50),
+        move || {
+            let Some(target) = target.upgrade() else { return false };
+            if let Err(e) = reload(&target) {
+                tracing::error!(error = %format!("{e:#}"), "{what} change not applied; what was loaded before stays in force.");
+            }
+            true
+        },
+    )
+}
+
 /// The symlink Kubernetes swaps to update a Secret or ConfigMap volume atomically.
 fn is_kubernetes_swap(path: &Path) -> bool {
     path.file_name().is_some_and(|n| n == "..data")

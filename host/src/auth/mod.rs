@@ -306,13 +306,19 @@ impl AuthStore {
         if let Some(identity) = self.static_bearer(&d) {
             return Ok(identity);
         }
-        match &self.jwt {
-            Some(v) if jwt::JwtVerifier::looks_like_jwt(token) => match v.check(token, &d) {
-                jwt::Checked::Valid(identity) => Ok(identity),
-                jwt::Checked::Refused(r) => Err(Refused::Jwt(r)),
-                jwt::Checked::UnknownKey { issuer } => Err(Refused::KeysMissing { issuer }),
-            },
-            _ => Err(Refused::Unknown),
+        let Some(v) = &self.jwt else { return Err(Refused::Unknown) };
+        // A token verified before is found by its digest alone; anything else must look like a
+        // JWT to be verified.
+        if let Some(identity) = v.cached(&d) {
+            return Ok(identity);
+        }
+        if !jwt::JwtVerifier::looks_like_jwt(token) {
+            return Err(Refused::Unknown);
+        }
+        match v.check(token, &d) {
+            jwt::Checked::Valid(identity) => Ok(identity),
+            jwt::Checked::Refused(r) => Err(Refused::Jwt(r)),
+            jwt::Checked::UnknownKey { issuer } => Err(Refused::KeysMissing { issuer }),
         }
     }
 
@@ -392,21 +398,7 @@ impl AuthStore {
     /// Watches the source file and reloads on change until the watcher is dropped.
     pub fn watch(self: &Arc<Self>) -> anyhow::Result<Option<notify::RecommendedWatcher>> {
         let Some(path) = self.path().map(Path::to_owned) else { return Ok(None) };
-        let name = path.file_name().map(|n| n.to_owned());
-        let store = Arc::downgrade(self);
-        let watcher = crate::watch::watch(
-            "sluice-bearer-reloader",
-            &[crate::watch::parent_dir(&path)],
-            move |p| p.file_name() == name.as_deref(),
-            Duration::from_millis(50),
-            move || {
-                let Some(store) = store.upgrade() else { return false };
-                if let Err(e) = store.reload() {
-                    tracing::error!(error = %format!("{e:#}"), "Bearer file change not applied; the previous bearers stay in force.");
-                }
-                true
-            },
-        )?;
+        let watcher = crate::watch::watch_file("sluice-bearer-reloader", &path, "Bearer file", Arc::downgrade(self), Self::reload)?;
         Ok(Some(watcher))
     }
 }

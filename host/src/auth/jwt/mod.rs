@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -69,6 +70,8 @@ struct Issuer {
     /// to fit the key).
     validations: Vec<(Algorithm, Validation)>,
     keys: ArcSwap<KeySet>,
+    /// `keys.generation`, readable without loading the set (the cached path reads it).
+    generation: AtomicU64,
     /// When the last fetch caused by an unknown `kid` started.
     last_on_demand: Mutex<Option<Instant>>,
     /// One fetch at a time.
@@ -127,6 +130,7 @@ impl JwtVerifier {
                 config: c.clone(),
                 validations,
                 keys: ArcSwap::from_pointee(KeySet::default()),
+                generation: AtomicU64::new(0),
                 last_on_demand: Mutex::new(None),
                 fetching: tokio::sync::Mutex::new(()),
                 http,
@@ -155,16 +159,22 @@ impl JwtVerifier {
             && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
     }
 
+    /// The caller of a token verified before (by its SHA-256), while it has not expired and its
+    /// issuer's keys have not changed.
+    pub fn cached(&self, digest: &[u8; 32]) -> Option<Arc<Identity>> {
+        let cache = self.cache.load();
+        let c = cache.get(digest)?;
+        let issuer = &self.issuers[c.issuer];
+        let fresh = issuer.generation.load(Ordering::Acquire) == c.generation;
+        (fresh && now_secs() <= c.expires.saturating_add(issuer.config.leeway.as_secs())).then(|| c.identity.clone())
+    }
+
     /// Checks `token` (whose SHA-256 is `digest`) with the keys in hand.
     pub fn check(&self, token: &str, digest: &[u8; 32]) -> Checked {
-        let now = now_secs();
-        if let Some(c) = self.cache.load().get(digest) {
-            let fresh = self.issuers[c.issuer].keys.load().generation == c.generation;
-            let leeway = self.issuers[c.issuer].config.leeway.as_secs();
-            if fresh && now <= c.expires.saturating_add(leeway) {
-                return Checked::Valid(c.identity.clone());
-            }
+        if let Some(identity) = self.cached(digest) {
+            return Checked::Valid(identity);
         }
+        let now = now_secs();
         let (header_alg, kid) = match header(token) {
             Ok(h) => h,
             Err(r) => return Checked::Refused(r),
@@ -255,7 +265,9 @@ impl JwtVerifier {
             Ok(mut set) => {
                 let old = issuer.keys.load();
                 set.generation = old.generation + u64::from(!same_kids(&old, &set));
+                let generation = set.generation;
                 issuer.keys.store(Arc::new(set));
+                issuer.generation.store(generation, Ordering::Release);
                 self.metrics.jwks_refresh(name, true);
                 Ok(())
             }
@@ -292,21 +304,8 @@ impl JwtVerifier {
     pub fn watch_files(self: &Arc<Self>) -> anyhow::Result<Vec<notify::RecommendedWatcher>> {
         let mut out = Vec::new();
         for (i, path) in self.files() {
-            let name = path.file_name().map(|n| n.to_owned());
-            let weak = Arc::downgrade(self);
-            out.push(crate::watch::watch(
-                "sluice-jwks-reloader",
-                &[crate::watch::parent_dir(&path)],
-                move |p| p.file_name() == name.as_deref(),
-                Duration::from_millis(50),
-                move || {
-                    let Some(v) = weak.upgrade() else { return false };
-                    if let Err(e) = v.reload_file(i) {
-                        tracing::error!(error = %format!("{e:#}"), "JWKS file change not applied; the keys in hand stay.");
-                    }
-                    true
-                },
-            )?);
+            let reload = move |v: &Self| v.reload_file(i);
+            out.push(crate::watch::watch_file("sluice-jwks-reloader", &path, "JWKS file", Arc::downgrade(self), reload)?);
         }
         Ok(out)
     }
