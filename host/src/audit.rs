@@ -30,6 +30,20 @@ const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(10);
 /// Lines queued for the writer before a request has to wait (back-pressure, never loss).
 const QUEUE: usize = 65_536;
 
+/// Lines the writer found queued at its last wake-up (it writes them all, then sleeps for
+/// [`BATCH_WINDOW`]). Only the writer writes it, so requests touch no shared counter.
+static BACKLOG: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Lines that could not be written.
+static WRITE_ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The audit writer's backlog at its last wake-up, and the lines it failed to write so far (for
+/// `sluice_audit_backlog_lines` and `sluice_audit_write_errors_total`). Near [`QUEUE`], requests
+/// start waiting for the writer.
+pub fn writer_stats() -> (usize, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    (BACKLOG.load(Relaxed), WRITE_ERRORS.load(Relaxed))
+}
+
 fn writer_thread(mut out: Box<dyn std::io::Write + Send>) -> std::sync::mpsc::SyncSender<Msg> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(QUEUE);
     std::thread::Builder::new()
@@ -40,18 +54,21 @@ fn writer_thread(mut out: Box<dyn std::io::Write + Send>) -> std::sync::mpsc::Sy
             // Ends when every sender is gone.
             while let Ok(first) = rx.recv() {
                 let mut next = Some(first);
+                let mut batch = 0usize;
                 // Write everything queued, then flush once.
                 while let Some(msg) = next.take().or_else(|| rx.try_recv().ok()) {
+                    batch += 1;
                     match msg {
                         Msg::Event(at, ev) => {
                             let written = serde_json::to_writer(&mut out, &Line::of(at, &ev))
                                 .map_err(std::io::Error::from)
                                 .and_then(|()| out.write_all(b"\n"));
-                            if let Err(e) = written
-                                && !failed
-                            {
-                                failed = true;
-                                tracing::error!(error = %e, "Cannot write the audit log.");
+                            if let Err(e) = written {
+                                WRITE_ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                if !failed {
+                                    failed = true;
+                                    tracing::error!(error = %e, "Cannot write the audit log.");
+                                }
                             }
                         }
                         Msg::Flush(ack) => {
@@ -61,6 +78,7 @@ fn writer_thread(mut out: Box<dyn std::io::Write + Send>) -> std::sync::mpsc::Sy
                     }
                 }
                 let _ = out.flush();
+                BACKLOG.store(batch, std::sync::atomic::Ordering::Relaxed);
                 // Let lines gather instead of being woken for each one: a wake-up per request
                 // costs the request path two context switches on a busy machine.
                 std::thread::sleep(BATCH_WINDOW);

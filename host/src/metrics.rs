@@ -98,6 +98,33 @@ impl AuthMetrics {
     }
 }
 
+/// The audit writer, read from it when metrics are rendered.
+#[derive(Clone)]
+struct AuditMetrics {
+    backlog: prometheus::IntGauge,
+    write_errors: IntCounter,
+}
+
+impl AuditMetrics {
+    fn new(registry: &Registry) -> Self {
+        let backlog = prometheus::IntGauge::new(
+            "sluice_audit_backlog_lines",
+            "Audit lines the writer found queued at its last wake-up (requests wait for it past 65536).",
+        )
+        .expect("valid metric");
+        let write_errors = IntCounter::new("sluice_audit_write_errors_total", "Audit lines that could not be written.").expect("valid metric");
+        registry.register(Box::new(backlog.clone())).expect("unique metric");
+        registry.register(Box::new(write_errors.clone())).expect("unique metric");
+        Self { backlog, write_errors }
+    }
+
+    fn refresh(&self) {
+        let (backlog, errors) = crate::audit::writer_stats();
+        self.backlog.set(i64::try_from(backlog).unwrap_or(i64::MAX));
+        self.write_errors.inc_by(errors.saturating_sub(self.write_errors.get()));
+    }
+}
+
 /// Every metric the gateway exports. Cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
@@ -109,6 +136,7 @@ pub struct Metrics {
     plugin_reloads: IntCounterVec,
     auth_failures: IntCounterVec,
     auth: AuthMetrics,
+    audit: AuditMetrics,
     rate_limited: IntCounterVec,
     ingest_points: IntCounterVec,
     sink_errors: IntCounterVec,
@@ -219,6 +247,7 @@ impl Metrics {
             registry.register(Box::new(h.clone())).expect("unique metric");
         }
         let auth = AuthMetrics::new(&registry);
+        let audit = AuditMetrics::new(&registry);
         Self {
             registry,
             http_requests,
@@ -228,6 +257,7 @@ impl Metrics {
             plugin_reloads,
             auth_failures,
             auth,
+            audit,
             rate_limited,
             ingest_points,
             sink_errors,
@@ -341,6 +371,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        self.audit.refresh();
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("encoding metrics");
         String::from_utf8(out).expect("metrics are UTF-8")

@@ -16,6 +16,7 @@ mod hot_swap;
 mod jwt;
 mod kafka;
 mod mcp;
+mod monitoring;
 mod otlp;
 #[path = "../support/pg_server.rs"]
 mod pg_server;
