@@ -133,6 +133,33 @@ fn the_chart_adds_a_service_monitor_with_the_bearer_and_lets_only_its_scrapers_t
 }
 
 #[test]
+fn the_chart_ships_the_alert_rules_and_the_dashboard_of_deploy_monitoring() {
+    let r = chart(json!({
+        "serviceMonitor": {"enabled": true},
+        "prometheusRule": {"enabled": true, "labels": {"release": "kube-prometheus"}},
+        "grafanaDashboard": {"enabled": true},
+    }))
+    .unwrap();
+    // The PrometheusRule (validated against the operator's CRD by chart_check.py) holds the
+    // rules of deploy/monitoring unchanged, with the labels Prometheus selects rules by.
+    let rule = one(&r, "PrometheusRule");
+    let text = std::fs::read_to_string(root().join("deploy/monitoring/sluice-alerts.yaml")).unwrap();
+    let file: Value = serde_norway::from_str(&text).unwrap();
+    assert_eq!(rule["spec"]["groups"], file["groups"]);
+    assert_eq!(rule["metadata"]["labels"]["release"], "kube-prometheus");
+    // The dashboard ConfigMap holds the dashboard JSON, labelled for Grafana's sidecar.
+    let map = manifests(&r, "ConfigMap").into_iter().find(|m| m["metadata"]["name"] == "sluice-dashboard").expect("the dashboard ConfigMap");
+    assert_eq!(map["metadata"]["labels"]["grafana_dashboard"], "1");
+    let shipped: Value = serde_json::from_str(map["data"]["sluice-dashboard.json"].as_str().unwrap()).unwrap();
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(root().join("deploy/monitoring/sluice-dashboard.json")).unwrap()).unwrap();
+    assert_eq!(shipped, file);
+    // Off by default.
+    let r = chart(json!({})).unwrap();
+    assert!(manifests(&r, "PrometheusRule").is_empty());
+    assert!(manifests(&r, "ConfigMap").iter().all(|m| m["metadata"]["name"] != "sluice-dashboard"));
+}
+
+#[test]
 fn the_chart_handles_storage_classes_plain_http_and_refuses_what_cannot_work() {
     let r = chart(json!({"persistence": {"storageClass": "-"}})).unwrap();
     assert_eq!(one(&r, "StatefulSet")["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"], "");
