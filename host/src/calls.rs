@@ -246,6 +246,6 @@ fn failure(e: CallError, tool: &LoadedTool) -> CallFailure {
             other => backend(format!("query failed: {other:?}")),
         },
         CallError::Tool(ToolError::Internal(m)) => backend(format!("tool reported: {m}")),
-        CallError::Trap(m) => backend(m),
+        CallError::Trap(m) | CallError::MemoryLimit(m) => backend(m),
     }
 }

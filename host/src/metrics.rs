@@ -11,7 +11,7 @@ use prometheus::{
 };
 
 /// The outcome label values of `sluice_plugin_calls_total`.
-pub const PLUGIN_CALL_OUTCOMES: [&str; 6] = ["ok", "tool_error", "timeout", "trap", "busy", "cancelled"];
+pub const PLUGIN_CALL_OUTCOMES: [&str; 7] = ["ok", "tool_error", "timeout", "trap", "memory_limit", "busy", "cancelled"];
 
 /// Method label values; [`method_index`] maps a request's method to one of them.
 const METHODS: [&str; 8] = ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "other"];
@@ -98,6 +98,33 @@ impl AuthMetrics {
     }
 }
 
+/// What each call costs inside the sandbox, by tool and version.
+#[derive(Clone)]
+struct SandboxMetrics {
+    instantiate: HistogramVec,
+    peak_memory: HistogramVec,
+}
+
+impl SandboxMetrics {
+    fn new(registry: &Registry) -> Self {
+        let instantiate = HistogramVec::new(
+            HistogramOpts::new("sluice_plugin_instantiate_seconds", "Time to make a tool's fresh instance for a call.")
+                .buckets(exponential_buckets(2e-6, 2.5, 12).expect("valid buckets")),
+            &["plugin", "version"],
+        )
+        .expect("valid metric");
+        let peak_memory = HistogramVec::new(
+            HistogramOpts::new("sluice_plugin_peak_memory_bytes", "The largest linear memory a tool's call had.")
+                .buckets(exponential_buckets(65_536.0, 4.0, 10).expect("valid buckets")),
+            &["plugin", "version"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(instantiate.clone())).expect("unique metric");
+        registry.register(Box::new(peak_memory.clone())).expect("unique metric");
+        Self { instantiate, peak_memory }
+    }
+}
+
 /// The audit writer, read from it when metrics are rendered.
 #[derive(Clone)]
 struct AuditMetrics {
@@ -137,6 +164,7 @@ pub struct Metrics {
     auth_failures: IntCounterVec,
     auth: AuthMetrics,
     audit: AuditMetrics,
+    sandbox: SandboxMetrics,
     rate_limited: IntCounterVec,
     ingest_points: IntCounterVec,
     sink_errors: IntCounterVec,
@@ -173,15 +201,15 @@ impl Metrics {
         let plugin_calls = IntCounterVec::new(
             Opts::new(
                 "sluice_plugin_calls_total",
-                "Tool calls by plugin and outcome (ok, tool_error, timeout, trap, busy).",
+                "Tool calls by tool, version and outcome (ok, tool_error, timeout, trap, memory_limit, busy, cancelled).",
             ),
-            &["plugin", "outcome"],
+            &["plugin", "version", "outcome"],
         )
         .expect("valid metric");
         let plugin_duration = HistogramVec::new(
             HistogramOpts::new("sluice_plugin_call_duration_seconds", "Tool call duration (instantiate + call).")
                 .buckets(buckets),
-            &["plugin"],
+            &["plugin", "version"],
         )
         .expect("valid metric");
         let plugin_reloads = IntCounterVec::new(
@@ -248,6 +276,7 @@ impl Metrics {
         }
         let auth = AuthMetrics::new(&registry);
         let audit = AuditMetrics::new(&registry);
+        let sandbox = SandboxMetrics::new(&registry);
         Self {
             registry,
             http_requests,
@@ -258,6 +287,7 @@ impl Metrics {
             auth_failures,
             auth,
             audit,
+            sandbox,
             rate_limited,
             ingest_points,
             sink_errors,
@@ -329,12 +359,34 @@ impl Metrics {
         }
     }
 
-    /// Records one tool call and how it ended: `ok`, `tool_error`, `timeout`, `trap`, `busy` or
-    /// `cancelled` (see [`PLUGIN_CALL_OUTCOMES`]).
-    pub fn plugin_call(&self, plugin: &str, elapsed: Duration, outcome: &'static str) {
+    /// Records one tool call (of `version`) and how it ended: `ok`, `tool_error`, `timeout`,
+    /// `trap`, `memory_limit`, `busy` or `cancelled` (see [`PLUGIN_CALL_OUTCOMES`]).
+    pub fn plugin_call(&self, plugin: &str, version: &str, elapsed: Duration, outcome: &'static str) {
         debug_assert!(PLUGIN_CALL_OUTCOMES.contains(&outcome), "unknown outcome {outcome}");
-        self.plugin_calls.with_label_values(&[plugin, outcome]).inc();
-        self.plugin_duration.with_label_values(&[plugin]).observe(elapsed.as_secs_f64());
+        self.plugin_calls.with_label_values(&[plugin, version, outcome]).inc();
+        self.plugin_duration.with_label_values(&[plugin, version]).observe(elapsed.as_secs_f64());
+    }
+
+    /// What one call cost in the sandbox: making its instance, and its largest linear memory
+    /// (bytes; 0 when it never got one).
+    pub fn plugin_sandbox(&self, plugin: &str, version: &str, instantiate: Option<Duration>, peak_memory: usize) {
+        if let Some(d) = instantiate {
+            self.sandbox.instantiate.with_label_values(&[plugin, version]).observe(d.as_secs_f64());
+        }
+        if peak_memory > 0 {
+            self.sandbox.peak_memory.with_label_values(&[plugin, version]).observe(peak_memory as f64);
+        }
+    }
+
+    /// Removes every per-version series of a tool version no longer loaded (after a hot swap or
+    /// removal), so the series stay bounded by what is loaded.
+    pub fn forget_plugin_version(&self, plugin: &str, version: &str) {
+        for outcome in PLUGIN_CALL_OUTCOMES {
+            let _ = self.plugin_calls.remove_label_values(&[plugin, version, outcome]);
+        }
+        for h in [&self.plugin_duration, &self.sandbox.instantiate, &self.sandbox.peak_memory] {
+            let _ = h.remove_label_values(&[plugin, version]);
+        }
     }
 
     /// Records a request refused by auth. `reason` is one of a fixed set.

@@ -214,7 +214,7 @@ async fn metrics_need_the_bearer_and_use_only_bounded_labels() {
         assert!(!text.contains(needle), "{needle} became a label value");
     }
     let allowed: BTreeSet<&str> = [
-        "route", "method", "status", "plugin", "outcome", "result", "reason", "limit", "le",
+        "route", "method", "status", "plugin", "version", "outcome", "result", "reason", "limit", "le",
     ]
     .into();
     let mut samples = 0;
@@ -236,6 +236,8 @@ async fn metrics_need_the_bearer_and_use_only_bounded_labels() {
                         "{line}"
                     ),
                     "status" => assert!(["1xx", "2xx", "3xx", "4xx", "5xx"].contains(&v), "{line}"),
+                    // A loaded tool's version (its series go when the version is swapped out).
+                    "version" => assert!(v == "0.1.0" || v == "0.0.1", "{line}"),
                     _ => {}
                 }
             }
@@ -245,7 +247,7 @@ async fn metrics_need_the_bearer_and_use_only_bounded_labels() {
     assert!(text.contains("sluice_auth_failures_total{reason=\"invalid_bearer\"} 1"));
     assert!(text.contains("route=\"/api/v2/tools/{name}\""));
     assert!(text.contains("sluice_plugin_reloads_total{plugin=\"hostile.wasm\",result=\"loaded\"} 1"), "{text}");
-    assert!(text.contains("sluice_plugin_calls_total{outcome=\"trap\",plugin=\"test.hostile\"} 1"), "{text}");
+    assert!(text.contains("sluice_plugin_calls_total{outcome=\"trap\",plugin=\"test.hostile\",version=\"0.0.1\"} 1"), "{text}");
 }
 
 #[tokio::test]

@@ -69,7 +69,7 @@ fn exported() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for (i, _) in src.match_indices("\"sluice_") {
         let name: String = src[i + 1..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
-        if name.ends_with("_seconds") {
+        if src[..i].trim_end().ends_with("HistogramOpts::new(") {
             for suffix in ["_bucket", "_sum", "_count"] {
                 names.insert(format!("{name}{suffix}"));
             }
@@ -163,4 +163,49 @@ async fn the_audit_writer_metrics_the_alerts_use_are_exported() {
     for name in ["sluice_audit_backlog_lines", "sluice_audit_write_errors_total"] {
         assert!(text.lines().any(|l| l.starts_with(&format!("{name} "))), "{name} missing from /metrics");
     }
+}
+
+/// The value of the sample `series` (name and labels exactly as rendered), if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')).map(|v| v.trim().parse().unwrap()))
+}
+
+#[tokio::test]
+async fn per_plugin_metrics_follow_calls_traps_deadlines_memory_and_swaps() {
+    use crate::common::{GatewayOptions, TestGateway, versioned_component};
+    use serde_json::json;
+    let gw = TestGateway::start(GatewayOptions { seed: false, plugins: vec![], ..Default::default() }.with_hostile());
+    let file = gw.plugins_dir().join("versioned.wasm");
+    std::fs::write(&file, versioned_component("test.versioned", "1.0.0")).unwrap();
+    assert_eq!(gw.request("POST", "/api/v2/admin/plugins/reload", None).await.status, 200);
+    assert_eq!(gw.call("test.versioned", json!({})).await.status, 200);
+    for mode in ["ok", "trap", "loop", "oom"] {
+        gw.call("test.hostile", json!({"mode": mode})).await;
+    }
+    let text = gw.request("GET", "/metrics", None).await.text;
+    let v1 = "plugin=\"test.versioned\",version=\"1.0.0\"";
+    let hostile = "plugin=\"test.hostile\",version=\"0.0.1\"";
+    assert_eq!(sample(&text, &format!("sluice_plugin_calls_total{{outcome=\"ok\",{v1}}}")), Some(1.0), "{text}");
+    for (outcome, n) in [("ok", 1.0), ("trap", 1.0), ("timeout", 1.0), ("memory_limit", 1.0)] {
+        assert_eq!(sample(&text, &format!("sluice_plugin_calls_total{{outcome=\"{outcome}\",{hostile}}}")), Some(n), "{outcome}: {text}");
+    }
+    // Every call made an instance; each that got a memory reports its peak, the memory bomb's
+    // at the limit (16 MiB for the hostile fixture in the tests).
+    assert_eq!(sample(&text, &format!("sluice_plugin_instantiate_seconds_count{{{hostile}}}")), Some(4.0));
+    assert_eq!(sample(&text, &format!("sluice_plugin_instantiate_seconds_count{{{v1}}}")), Some(1.0));
+    let peak_sum = sample(&text, &format!("sluice_plugin_peak_memory_bytes_sum{{{hostile}}}")).unwrap();
+    assert!(peak_sum > 16.0 * 1024.0 * 1024.0 * 0.9, "{peak_sum}");
+    assert!(sample(&text, &format!("sluice_plugin_call_duration_seconds_count{{{hostile}}}")) == Some(4.0));
+
+    // A new version replaces the old: the old version's series are gone, the new one's appear.
+    std::fs::write(&file, versioned_component("test.versioned", "2.0.0")).unwrap();
+    assert_eq!(gw.request("POST", "/api/v2/admin/plugins/reload", None).await.status, 200);
+    assert_eq!(gw.call("test.versioned", json!({})).await.body["result"]["version"], "2.0.0");
+    let text = gw.request("GET", "/metrics", None).await.text;
+    assert!(!text.contains("version=\"1.0.0\""), "the old version's series remain: {text}");
+    let v2 = "plugin=\"test.versioned\",version=\"2.0.0\"";
+    assert_eq!(sample(&text, &format!("sluice_plugin_calls_total{{outcome=\"ok\",{v2}}}")), Some(1.0));
+    assert_eq!(sample(&text, &format!("sluice_plugin_instantiate_seconds_count{{{v2}}}")), Some(1.0));
+    // The hostile tool did not change: its series stay.
+    assert_eq!(sample(&text, &format!("sluice_plugin_calls_total{{outcome=\"trap\",{hostile}}}")), Some(1.0));
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 use super::Runtime;
 use super::engine::CacheOutcome;
@@ -24,13 +24,39 @@ pub const MAX_COMPONENT_BYTES: u64 = 64 << 20;
 
 /// A store state with a memory limit.
 pub trait Limited: Send + 'static {
-    fn limits(&mut self) -> &mut StoreLimits;
+    fn limits(&mut self) -> &mut CallLimits;
 }
 
-/// Linear memory limits of one store: `memory_limit` bytes, and growing past it traps (rather
-/// than handing the guest an error it may ignore).
-pub fn limits(memory_limit: usize) -> StoreLimits {
-    StoreLimitsBuilder::new().memory_size(memory_limit).trap_on_grow_failure(true).build()
+/// Linear memory limits of one store, and what the call used: each memory may grow to
+/// `memory_limit` bytes, and growing past it traps (rather than handing the guest an error it
+/// may ignore).
+#[derive(Debug)]
+pub struct CallLimits {
+    limit: usize,
+    /// The largest size a memory of the store was created with or grew to, in bytes.
+    pub peak: usize,
+    /// A memory asked for more than the limit (the call then trapped).
+    pub hit: bool,
+}
+
+impl wasmtime::ResourceLimiter for CallLimits {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.hit = true;
+            wasmtime::bail!("memory limit of {} bytes reached (asked for {desired})", self.limit);
+        }
+        self.peak = self.peak.max(desired);
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, _desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(true)
+    }
+}
+
+/// The limits of one store: `memory_limit` bytes per linear memory.
+pub fn limits(memory_limit: usize) -> CallLimits {
+    CallLimits { limit: memory_limit, peak: 0, hit: false }
 }
 
 /// A fresh store for one call (or one `describe`), with its memory limit and deadline. On every

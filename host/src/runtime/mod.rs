@@ -147,7 +147,7 @@ impl Runtime {
             .await
             .map_err(|_| CallError::Busy)?
             .map_err(|_| CallError::Busy)?;
-        let (limit, name, started) = (tool.deadline, tool.name.clone(), Instant::now());
+        let (limit, name, version, started) = (tool.deadline, tool.name.clone(), tool.version.clone(), Instant::now());
         // The epoch check fires first for a running guest; this catches a parked one.
         // Boxed: the call's future (wasmtime's instantiate and call states) is large, and a box
         // keeps it from being copied as it is wrapped and polled.
@@ -156,7 +156,7 @@ impl Runtime {
             Ok(r) => r,
             Err(_) => {
                 let err = if self.cancel.load(Ordering::Relaxed) { CallError::Cancelled } else { CallError::Timeout(limit) };
-                self.metrics.plugin_call(&name, started.elapsed(), err.outcome());
+                self.metrics.plugin_call(&name, &version, started.elapsed(), err.outcome());
                 Err(err)
             }
         }
@@ -200,14 +200,23 @@ impl Runtime {
         )
         .scoped(ctx.allowed_clusters.clone());
         let mut store = component::store(self.engine.engine(), state, deadline, self.cancel.clone());
+        let mut instantiated = None;
         let result = async {
             let t = tool.pre.instantiate_async(&mut store).await?;
+            instantiated = Some(started.elapsed());
             t.call_call(&mut store, &ctx, args).await
         }
         .await
         .map_err(|e| CallError::from(component::classify(e, tool.deadline, &self.cancel)))
         .and_then(|r| r.map_err(CallError::Tool));
-        self.metrics.plugin_call(&tool.name, started.elapsed(), result.as_ref().err().map_or("ok", CallError::outcome));
+        let (peak, hit) = store.data().memory();
+        let result = match result {
+            Err(CallError::Trap(m)) if hit => Err(CallError::MemoryLimit(m)),
+            other => other,
+        };
+        let outcome = result.as_ref().err().map_or("ok", CallError::outcome);
+        self.metrics.plugin_call(&tool.name, &tool.version, started.elapsed(), outcome);
+        self.metrics.plugin_sandbox(&tool.name, &tool.version, instantiated, peak);
         result.map(|json| CallOutput { json, tool })
     }
 

@@ -234,6 +234,12 @@ impl Runtime {
         let generation = current.generation + u64::from(changed);
         report.generation = generation;
         if changed {
+            // The series of versions no longer served go, so the metrics name only what is loaded.
+            for old in current.tools.values() {
+                if tools.get(&old.name).is_none_or(|t| t.version != old.version) {
+                    self.metrics.forget_plugin_version(&old.name, &old.version);
+                }
+            }
             self.registry.store(Arc::new(Registry { generation, tools, files }));
             self.generation.send_replace(generation);
             self.metrics_reloaded(&report);

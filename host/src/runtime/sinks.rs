@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, Store, StoreLimits};
+use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
@@ -37,7 +37,7 @@ pub struct SinkState {
     http: WasiHttpCtx,
     hooks: PolicyHooks,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: super::component::CallLimits,
     name: Arc<str>,
 }
 
@@ -67,7 +67,7 @@ impl SinkState {
 }
 
 impl super::component::Limited for SinkState {
-    fn limits(&mut self) -> &mut StoreLimits {
+    fn limits(&mut self) -> &mut super::component::CallLimits {
         &mut self.limits
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, StoreLimits};
+use wasmtime::Engine;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::db::{self, Database, RowLimit};
@@ -36,7 +36,7 @@ const MAX_LOG_MESSAGE: usize = 4096;
 pub struct ToolState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: super::component::CallLimits,
     /// The database its queries read; `None` while loading (`describe` queries nothing).
     db: Option<Database>,
     deadline: Instant,
@@ -60,6 +60,11 @@ impl ToolState {
         Self { wasi, table: ResourceTable::new(), limits, db, deadline, plugin, request_id, clusters: Vec::new() }
     }
 
+    /// What the call's memories used, and whether one hit the limit.
+    pub fn memory(&self) -> (usize, bool) {
+        (self.limits.peak, self.limits.hit)
+    }
+
     /// Limits every query of the call to these clusters (a tenant-scoped caller's).
     pub fn scoped(mut self, clusters: Vec<String>) -> Self {
         self.clusters = clusters;
@@ -68,7 +73,7 @@ impl ToolState {
 }
 
 impl super::component::Limited for ToolState {
-    fn limits(&mut self) -> &mut StoreLimits {
+    fn limits(&mut self) -> &mut super::component::CallLimits {
         &mut self.limits
     }
 }
@@ -97,9 +102,12 @@ pub enum CallError {
     /// The component returned a typed error.
     #[error("tool error: {0:?}")]
     Tool(ToolError),
-    /// The component trapped, hit its memory limit, or could not be instantiated.
+    /// The component trapped or could not be instantiated.
     #[error("tool failed: {0}")]
     Trap(String),
+    /// The component asked for more linear memory than its limit (and trapped).
+    #[error("tool failed: {0}")]
+    MemoryLimit(String),
     /// No call slot became free before the deadline.
     #[error("no free call slot within the deadline")]
     Busy,
@@ -115,6 +123,7 @@ impl CallError {
             Self::Tool(_) => "tool_error",
             Self::Timeout(_) => "timeout",
             Self::Trap(_) => "trap",
+            Self::MemoryLimit(_) => "memory_limit",
             Self::Busy => "busy",
             Self::Cancelled => "cancelled",
         }
