@@ -98,6 +98,32 @@ impl AuthMetrics {
     }
 }
 
+/// The metric series of one tool version, resolved once (no label lookups per call).
+pub struct PluginSeries {
+    calls: [IntCounter; PLUGIN_CALL_OUTCOMES.len()],
+    duration: Histogram,
+    instantiate: Histogram,
+    peak_memory: Histogram,
+}
+
+impl PluginSeries {
+    /// One call and how it ended (one of [`PLUGIN_CALL_OUTCOMES`]), its time, and what it cost
+    /// in the sandbox: making its instance (when it got that far) and its largest linear memory
+    /// (bytes; 0 when it never got one).
+    pub fn call(&self, outcome: &'static str, elapsed: Duration, instantiate: Option<Duration>, peak_memory: usize) {
+        let i = PLUGIN_CALL_OUTCOMES.iter().position(|o| *o == outcome);
+        debug_assert!(i.is_some(), "unknown outcome {outcome}");
+        self.calls[i.unwrap_or(0)].inc();
+        self.duration.observe(elapsed.as_secs_f64());
+        if let Some(d) = instantiate {
+            self.instantiate.observe(d.as_secs_f64());
+        }
+        if peak_memory > 0 {
+            self.peak_memory.observe(peak_memory as f64);
+        }
+    }
+}
+
 /// What each call costs inside the sandbox, by tool and version.
 #[derive(Clone)]
 struct SandboxMetrics {
@@ -359,22 +385,13 @@ impl Metrics {
         }
     }
 
-    /// Records one tool call (of `version`) and how it ended: `ok`, `tool_error`, `timeout`,
-    /// `trap`, `memory_limit`, `busy` or `cancelled` (see [`PLUGIN_CALL_OUTCOMES`]).
-    pub fn plugin_call(&self, plugin: &str, version: &str, elapsed: Duration, outcome: &'static str) {
-        debug_assert!(PLUGIN_CALL_OUTCOMES.contains(&outcome), "unknown outcome {outcome}");
-        self.plugin_calls.with_label_values(&[plugin, version, outcome]).inc();
-        self.plugin_duration.with_label_values(&[plugin, version]).observe(elapsed.as_secs_f64());
-    }
-
-    /// What one call cost in the sandbox: making its instance, and its largest linear memory
-    /// (bytes; 0 when it never got one).
-    pub fn plugin_sandbox(&self, plugin: &str, version: &str, instantiate: Option<Duration>, peak_memory: usize) {
-        if let Some(d) = instantiate {
-            self.sandbox.instantiate.with_label_values(&[plugin, version]).observe(d.as_secs_f64());
-        }
-        if peak_memory > 0 {
-            self.sandbox.peak_memory.with_label_values(&[plugin, version]).observe(peak_memory as f64);
+    /// The series of one tool version, to record its calls into (see [`PluginSeries`]).
+    pub fn plugin_series(&self, plugin: &str, version: &str) -> PluginSeries {
+        PluginSeries {
+            calls: PLUGIN_CALL_OUTCOMES.map(|o| self.plugin_calls.with_label_values(&[plugin, version, o])),
+            duration: self.plugin_duration.with_label_values(&[plugin, version]),
+            instantiate: self.sandbox.instantiate.with_label_values(&[plugin, version]),
+            peak_memory: self.sandbox.peak_memory.with_label_values(&[plugin, version]),
         }
     }
 

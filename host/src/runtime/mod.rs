@@ -147,7 +147,7 @@ impl Runtime {
             .await
             .map_err(|_| CallError::Busy)?
             .map_err(|_| CallError::Busy)?;
-        let (limit, name, version, started) = (tool.deadline, tool.name.clone(), tool.version.clone(), Instant::now());
+        let (limit, started, this) = (tool.deadline, Instant::now(), tool.clone());
         // The epoch check fires first for a running guest; this catches a parked one.
         // Boxed: the call's future (wasmtime's instantiate and call states) is large, and a box
         // keeps it from being copied as it is wrapped and polled.
@@ -156,7 +156,7 @@ impl Runtime {
             Ok(r) => r,
             Err(_) => {
                 let err = if self.cancel.load(Ordering::Relaxed) { CallError::Cancelled } else { CallError::Timeout(limit) };
-                self.metrics.plugin_call(&name, &version, started.elapsed(), err.outcome());
+                self.series(&this).call(err.outcome(), started.elapsed(), None, 0);
                 Err(err)
             }
         }
@@ -215,9 +215,13 @@ impl Runtime {
             other => other,
         };
         let outcome = result.as_ref().err().map_or("ok", CallError::outcome);
-        self.metrics.plugin_call(&tool.name, &tool.version, started.elapsed(), outcome);
-        self.metrics.plugin_sandbox(&tool.name, &tool.version, instantiated, peak);
+        self.series(&tool).call(outcome, started.elapsed(), instantiated, peak);
         result.map(|json| CallOutput { json, tool })
+    }
+
+    /// The tool version's metric series, resolved on its first call.
+    fn series<'t>(&self, tool: &'t LoadedTool) -> &'t crate::metrics::PluginSeries {
+        tool.series.get_or_init(|| self.metrics.plugin_series(&tool.name, &tool.version))
     }
 
     /// Instantiates a tool in a fresh store without calling it: what every call pays before the

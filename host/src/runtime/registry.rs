@@ -44,6 +44,9 @@ pub struct LoadedTool {
     pub memory_limit: usize,
     pub(crate) validator: jsonschema::Validator,
     pub(crate) pre: ToolPre<ToolState>,
+    /// Its metric series (tool and version), resolved on its first call. Calls of a version
+    /// swapped out record into these handles, which no longer show once the series are removed.
+    pub(crate) series: std::sync::OnceLock<crate::metrics::PluginSeries>,
 }
 
 impl LoadedTool {
@@ -335,6 +338,7 @@ impl Runtime {
                 memory_limit,
                 validator,
                 pre,
+                series: std::sync::OnceLock::new(),
             },
             outcome,
         ))
