@@ -13,6 +13,9 @@ use prometheus::{
 /// The outcome label values of `sluice_plugin_calls_total`.
 pub const PLUGIN_CALL_OUTCOMES: [&str; 7] = ["ok", "tool_error", "timeout", "trap", "memory_limit", "busy", "cancelled"];
 
+/// The outcome label values of `sluice_sink_calls_total`.
+pub const SINK_CALL_OUTCOMES: [&str; 5] = ["ok", "sink_error", "timeout", "trap", "memory_limit"];
+
 /// Method label values; [`method_index`] maps a request's method to one of them.
 const METHODS: [&str; 8] = ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "other"];
 /// Status class label values, by `status / 100 - 1` (anything else counts as `5xx`).
@@ -100,18 +103,19 @@ impl AuthMetrics {
 
 /// The metric series of one tool version, resolved once (no label lookups per call).
 pub struct PluginSeries {
-    calls: [IntCounter; PLUGIN_CALL_OUTCOMES.len()],
+    outcomes: &'static [&'static str],
+    calls: Vec<IntCounter>,
     duration: Histogram,
     instantiate: Histogram,
     peak_memory: Histogram,
 }
 
 impl PluginSeries {
-    /// One call and how it ended (one of [`PLUGIN_CALL_OUTCOMES`]), its time, and what it cost
+    /// One call and how it ended (one of its outcomes), its time, and what it cost
     /// in the sandbox: making its instance (when it got that far) and its largest linear memory
     /// (bytes; 0 when it never got one).
     pub fn call(&self, outcome: &'static str, elapsed: Duration, instantiate: Option<Duration>, peak_memory: usize) {
-        let i = PLUGIN_CALL_OUTCOMES.iter().position(|o| *o == outcome);
+        let i = self.outcomes.iter().position(|o| *o == outcome);
         debug_assert!(i.is_some(), "unknown outcome {outcome}");
         self.calls[i.unwrap_or(0)].inc();
         self.duration.observe(elapsed.as_secs_f64());
@@ -124,15 +128,48 @@ impl PluginSeries {
     }
 }
 
-/// What each call costs inside the sandbox, by tool and version.
+/// What each call costs inside the sandbox, by tool and version; the same for sinks by type and
+/// version.
 #[derive(Clone)]
 struct SandboxMetrics {
     instantiate: HistogramVec,
     peak_memory: HistogramVec,
+    sink_calls: IntCounterVec,
+    sink_duration: HistogramVec,
+    sink_instantiate: HistogramVec,
+    sink_peak_memory: HistogramVec,
 }
 
 impl SandboxMetrics {
     fn new(registry: &Registry) -> Self {
+        let sink = ["sink_type", "version"];
+        let sink_calls = IntCounterVec::new(
+            Opts::new("sluice_sink_calls_total", "Sink component calls (exports, connection tests) by type, version and outcome (ok, sink_error, timeout, trap, memory_limit)."),
+            &["sink_type", "version", "outcome"],
+        )
+        .expect("valid metric");
+        let sink_duration = HistogramVec::new(
+            HistogramOpts::new("sluice_sink_call_duration_seconds", "Sink component call duration (instantiate + call).")
+                .buckets(exponential_buckets(1e-4, 3.0, 12).expect("valid buckets")),
+            &sink,
+        )
+        .expect("valid metric");
+        let sink_instantiate = HistogramVec::new(
+            HistogramOpts::new("sluice_sink_instantiate_seconds", "Time to make a sink component's fresh instance for a call.")
+                .buckets(exponential_buckets(2e-6, 2.5, 12).expect("valid buckets")),
+            &sink,
+        )
+        .expect("valid metric");
+        let sink_peak_memory = HistogramVec::new(
+            HistogramOpts::new("sluice_sink_peak_memory_bytes", "The largest linear memory a sink component's call had.")
+                .buckets(exponential_buckets(65_536.0, 4.0, 10).expect("valid buckets")),
+            &sink,
+        )
+        .expect("valid metric");
+        registry.register(Box::new(sink_calls.clone())).expect("unique metric");
+        for h in [&sink_duration, &sink_instantiate, &sink_peak_memory] {
+            registry.register(Box::new(h.clone())).expect("unique metric");
+        }
         let instantiate = HistogramVec::new(
             HistogramOpts::new("sluice_plugin_instantiate_seconds", "Time to make a tool's fresh instance for a call.")
                 .buckets(exponential_buckets(2e-6, 2.5, 12).expect("valid buckets")),
@@ -147,7 +184,7 @@ impl SandboxMetrics {
         .expect("valid metric");
         registry.register(Box::new(instantiate.clone())).expect("unique metric");
         registry.register(Box::new(peak_memory.clone())).expect("unique metric");
-        Self { instantiate, peak_memory }
+        Self { instantiate, peak_memory, sink_calls, sink_duration, sink_instantiate, sink_peak_memory }
     }
 }
 
@@ -388,10 +425,34 @@ impl Metrics {
     /// The series of one tool version, to record its calls into (see [`PluginSeries`]).
     pub fn plugin_series(&self, plugin: &str, version: &str) -> PluginSeries {
         PluginSeries {
-            calls: PLUGIN_CALL_OUTCOMES.map(|o| self.plugin_calls.with_label_values(&[plugin, version, o])),
+            outcomes: &PLUGIN_CALL_OUTCOMES,
+            calls: PLUGIN_CALL_OUTCOMES.iter().map(|o| self.plugin_calls.with_label_values(&[plugin, version, o])).collect(),
             duration: self.plugin_duration.with_label_values(&[plugin, version]),
             instantiate: self.sandbox.instantiate.with_label_values(&[plugin, version]),
             peak_memory: self.sandbox.peak_memory.with_label_values(&[plugin, version]),
+        }
+    }
+
+    /// The series of one sink component version (see [`PluginSeries`]).
+    pub fn sink_series(&self, sink_type: &str, version: &str) -> PluginSeries {
+        let s = &self.sandbox;
+        PluginSeries {
+            outcomes: &SINK_CALL_OUTCOMES,
+            calls: SINK_CALL_OUTCOMES.iter().map(|o| s.sink_calls.with_label_values(&[sink_type, version, o])).collect(),
+            duration: s.sink_duration.with_label_values(&[sink_type, version]),
+            instantiate: s.sink_instantiate.with_label_values(&[sink_type, version]),
+            peak_memory: s.sink_peak_memory.with_label_values(&[sink_type, version]),
+        }
+    }
+
+    /// Removes the series of a sink component version no longer loaded by any sink.
+    pub fn forget_sink_version(&self, sink_type: &str, version: &str) {
+        let s = &self.sandbox;
+        for outcome in SINK_CALL_OUTCOMES {
+            let _ = s.sink_calls.remove_label_values(&[sink_type, version, outcome]);
+        }
+        for h in [&s.sink_duration, &s.sink_instantiate, &s.sink_peak_memory] {
+            let _ = h.remove_label_values(&[sink_type, version]);
         }
     }
 

@@ -209,3 +209,40 @@ async fn per_plugin_metrics_follow_calls_traps_deadlines_memory_and_swaps() {
     // The hostile tool did not change: its series stay.
     assert_eq!(sample(&text, &format!("sluice_plugin_calls_total{{outcome=\"trap\",{hostile}}}")), Some(1.0));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sink_metrics_follow_calls_and_go_with_a_replaced_component() {
+    use crate::common::{GatewayOptions, TempDir, TestGateway, component};
+    let dir = TempDir::new("sink-metrics");
+    let file = dir.path().join("hook.wasm");
+    std::fs::copy(component("http"), &file).unwrap();
+    let receiver = crate::sinks::receiver().await;
+    let entry = sluice::config::SinkConfigEntry {
+        name: "hook".into(),
+        component: file.clone(),
+        settings: std::collections::BTreeMap::from([("url".into(), receiver.url.clone())]),
+        secrets: std::collections::BTreeMap::new(),
+        allow_private: true,
+        timeout: sluice::config::HumanDuration(std::time::Duration::from_secs(10)),
+        breaker_open_for: sluice::config::HumanDuration(std::time::Duration::from_secs(30)),
+        test_on_start: false,
+    };
+    let gw = TestGateway::start(GatewayOptions { seed: false, configure: Box::new(move |c| c.sinks.push(entry)), ..Default::default() });
+    assert_eq!(gw.request("POST", "/api/v2/sinks/hook/test", None).await.body["verified"], true);
+    receiver.status.store(503, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(gw.request("POST", "/api/v2/sinks/hook/test", None).await.body["verified"], false);
+    let text = gw.request("GET", "/metrics", None).await.text;
+    let http = format!("sink_type=\"http\",version=\"{}\"", env!("CARGO_PKG_VERSION"));
+    for outcome in ["ok", "sink_error"] {
+        assert_eq!(sample(&text, &format!("sluice_sink_calls_total{{outcome=\"{outcome}\",{http}}}")), Some(1.0), "{outcome}: {text}");
+    }
+    assert_eq!(sample(&text, &format!("sluice_sink_instantiate_seconds_count{{{http}}}")), Some(2.0));
+    assert!(sample(&text, &format!("sluice_sink_peak_memory_bytes_sum{{{http}}}")).unwrap() > 0.0);
+
+    // Another component in the file: the http sink's series go with it.
+    std::fs::write(&file, std::fs::read(component("s3")).unwrap()).unwrap();
+    let r = gw.request("POST", "/api/v2/admin/plugins/reload", None).await;
+    assert!(r.body["sinks"][0]["error"].is_null(), "{}", r.text);
+    let text = gw.request("GET", "/metrics", None).await.text;
+    assert!(!text.contains("sink_type=\"http\",version="), "the replaced component's series remain: {text}");
+}

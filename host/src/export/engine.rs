@@ -114,10 +114,20 @@ impl ExportEngine {
         let mut report = Vec::new();
         for sink in self.sinks.values() {
             let file = sink.entry.component.display().to_string();
+            let before = sink.loaded();
             let outcome = match sink.reload(&self.runtime) {
                 None => continue,
                 Some(Ok(new)) => {
                     self.metrics.plugin_reload(&file, true);
+                    // The replaced version's series go unless another sink still runs it.
+                    let (kind, version) = (&before.info.sink_type, &before.info.version);
+                    let in_use = self.sinks.values().any(|s| {
+                        let l = s.loaded();
+                        &l.info.sink_type == kind && &l.info.version == version
+                    });
+                    if !in_use && (kind, version) != (&new.info.sink_type, &new.info.version) {
+                        self.metrics.forget_sink_version(kind, version);
+                    }
                     tracing::info!(sink = %sink.entry.name, r#type = %new.info.sink_type, version = %new.info.version, digest = %new.digest, "Sink component reloaded.");
                     Ok(format!("{}@{} sha256:{}", new.info.sink_type, new.info.version, new.digest))
                 }

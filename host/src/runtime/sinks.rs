@@ -106,6 +106,8 @@ pub struct LoadedSink {
     pub info: SinkInfo,
     pub digest: String,
     pre: SinkPre<SinkState>,
+    /// Its metric series (type and version), resolved on its first call.
+    series: std::sync::OnceLock<crate::metrics::PluginSeries>,
 }
 
 impl std::fmt::Debug for LoadedSink {
@@ -190,7 +192,7 @@ impl Runtime {
             "describe returned an invalid sink type {:?}: types match ^[a-z][a-z0-9_-]{{0,63}}$",
             info.sink_type
         );
-        Ok(Arc::new(LoadedSink { info, digest, pre }))
+        Ok(Arc::new(LoadedSink { info, digest, pre, series: std::sync::OnceLock::new() }))
     }
 
     async fn sink_call(
@@ -203,23 +205,31 @@ impl Runtime {
     ) -> Result<Answer, SinkCallError> {
         let deadline = Instant::now() + timeout;
         let policy = policy.resolved().await;
+        let started = Instant::now();
         let mut store = self.sink_store(SinkState::new(&config.name, policy, self.config.memory_limit.0), deadline);
+        let mut instantiated = None;
         let run = async {
             let s = sink.pre.instantiate_async(&mut store).await?;
+            instantiated = Some(started.elapsed());
             Ok::<_, wasmtime::Error>(match op {
                 Op::Probe => s.call_probe(&mut store, config).await?.map(Answer::Probed),
                 Op::Export(r) => s.call_export(&mut store, config, r).await?.map(Answer::Delivered),
             })
         };
         let result = tokio::time::timeout_at((deadline + 2 * super::engine::EPOCH_TICK).into(), run).await;
-        match result {
-            Err(_) => Err(SinkCallError::Timeout(timeout)),
-            Ok(Err(e)) => Err(match super::component::classify(e, timeout, &self.cancel) {
-                super::component::RunError::Timeout(d) => SinkCallError::Timeout(d),
-                other => SinkCallError::Trap(other.to_string()),
-            }),
-            Ok(Ok(r)) => r.map_err(SinkCallError::Sink),
-        }
+        let (peak, hit) = (store.data().limits.peak, store.data().limits.hit);
+        let (result, outcome) = match result {
+            Err(_) => (Err(SinkCallError::Timeout(timeout)), "timeout"),
+            Ok(Err(e)) => match super::component::classify(e, timeout, &self.cancel) {
+                super::component::RunError::Timeout(d) => (Err(SinkCallError::Timeout(d)), "timeout"),
+                other => (Err(SinkCallError::Trap(other.to_string())), if hit { "memory_limit" } else { "trap" }),
+            },
+            Ok(Ok(Ok(r))) => (Ok(r), "ok"),
+            Ok(Ok(Err(e))) => (Err(SinkCallError::Sink(e)), "sink_error"),
+        };
+        let series = sink.series.get_or_init(|| self.metrics.sink_series(&sink.info.sink_type, &sink.info.version));
+        series.call(outcome, started.elapsed(), instantiated, peak);
+        result
     }
 
     /// Runs a sink's connection test.
