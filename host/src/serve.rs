@@ -98,6 +98,7 @@ impl Gateway {
             ingest: config.ingest.clone(),
             mcp_shutdown: tokio_util::sync::CancellationToken::new(),
             tls: config.server.tls_cert.is_some() && config.server.tls_key.is_some(),
+            status_sessions: Default::default(),
             exports,
         });
         Ok(Self { state, watchers })

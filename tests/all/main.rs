@@ -25,5 +25,6 @@ mod registry;
 mod s3;
 mod sinks;
 mod sql;
+mod status;
 mod tenant;
 mod tools;

@@ -10,6 +10,7 @@ mod front_door;
 mod mcp;
 mod mcp_fast;
 mod oauth;
+mod status;
 pub mod openapi;
 pub mod wire;
 mod otlp;
@@ -108,6 +109,8 @@ pub struct AppInner {
     pub exports: Arc<crate::export::engine::ExportEngine>,
     /// Served over TLS (for URLs the gateway gives of itself).
     pub tls: bool,
+    /// Browser sessions of the status page.
+    pub status_sessions: status::Sessions,
     /// Cancelled at the end of a drain: closes MCP sessions and their event streams, which would
     /// otherwise keep connections (and the shutdown) open.
     pub mcp_shutdown: tokio_util::sync::CancellationToken,
@@ -137,6 +140,9 @@ const ROUTES: &[(&str, bool)] = &[
     ("/api/v2/admin/plugins/reload", false),
     ("/metrics", false),
     (oauth::WELL_KNOWN, true),
+    // The status page authenticates itself (a bearer, or its session cookie).
+    ("/status", true),
+    ("/status/session", true),
     ("/.well-known/oauth-protected-resource/{*path}", true),
 ];
 
@@ -165,6 +171,8 @@ pub fn api_service(state: AppState, max_body: usize) -> FrontDoor {
             "/api/v2/admin/plugins/reload" => post(tools::reload),
             "/metrics" => get(metrics),
             oauth::WELL_KNOWN | "/.well-known/oauth-protected-resource/{*path}" => get(oauth::metadata),
+            "/status" => get(status::page),
+            "/status/session" => post(status::open_session),
             "/" | "/mcp" => continue,
             other => unreachable!("no handler for route {other}"),
         };

@@ -50,6 +50,11 @@ pub struct LoadedTool {
 }
 
 impl LoadedTool {
+    /// Calls and failures of this version in the last few minutes (none before its first call).
+    pub fn recent_calls(&self) -> (u64, u64) {
+        self.series.get().map_or((0, 0), crate::metrics::PluginSeries::recent)
+    }
+
     /// Checks `args` against the input schema: the first failure's JSON pointer and message.
     pub fn validate_args(&self, args: &serde_json::Value) -> Option<(String, String)> {
         self.validator.iter_errors(args).next().map(|e| (e.instance_path().to_string(), e.to_string()))

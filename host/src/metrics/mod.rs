@@ -5,6 +5,13 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::http::Method;
+mod auth;
+mod sandbox;
+
+use auth::{AuditMetrics, AuthMetrics};
+pub use sandbox::{PluginSeries, RECENT_MINUTES};
+use sandbox::SandboxMetrics;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
     exponential_buckets,
@@ -58,160 +65,6 @@ impl HttpRouteMetrics {
         self.duration
             .get_or_init(|| self.duration_vec.with_label_values(&[self.route]))
             .observe(elapsed.as_secs_f64());
-    }
-}
-
-/// Authentications and identity-provider key sets.
-#[derive(Clone)]
-struct AuthMetrics {
-    authentications: IntCounterVec,
-    /// The two hot outcomes, resolved once.
-    ok: [IntCounter; 2],
-    jwks_refreshes: IntCounterVec,
-    jwks_stale: prometheus::IntGaugeVec,
-}
-
-impl AuthMetrics {
-    fn new(registry: &Registry) -> Self {
-        let authentications = IntCounterVec::new(
-            Opts::new(
-                "sluice_authentications_total",
-                "Bearer authentications by method (static, jwt, none) and outcome (ok, missing_bearer, invalid_bearer, \
-                 expired, not_yet_valid, wrong_issuer, wrong_audience, unknown_key, bad_signature, algorithm_refused, \
-                 missing_claim, malformed).",
-            ),
-            &["method", "outcome"],
-        )
-        .expect("valid metric");
-        let jwks_refreshes = IntCounterVec::new(
-            Opts::new("sluice_jwks_refreshes_total", "Fetches of an issuer's key set (JWKS), by issuer and outcome (ok, failed)."),
-            &["issuer", "outcome"],
-        )
-        .expect("valid metric");
-        let jwks_stale = prometheus::IntGaugeVec::new(
-            Opts::new("sluice_jwks_stale", "1 while an issuer's last key-set fetch failed (the keys fetched before stay in use)."),
-            &["issuer"],
-        )
-        .expect("valid metric");
-        registry.register(Box::new(authentications.clone())).expect("unique metric");
-        registry.register(Box::new(jwks_refreshes.clone())).expect("unique metric");
-        registry.register(Box::new(jwks_stale.clone())).expect("unique metric");
-        let ok = ["static", "jwt"].map(|m| authentications.with_label_values(&[m, "ok"]));
-        Self { authentications, ok, jwks_refreshes, jwks_stale }
-    }
-}
-
-/// The metric series of one tool version, resolved once (no label lookups per call).
-pub struct PluginSeries {
-    outcomes: &'static [&'static str],
-    calls: Vec<IntCounter>,
-    duration: Histogram,
-    instantiate: Histogram,
-    peak_memory: Histogram,
-}
-
-impl PluginSeries {
-    /// One call and how it ended (one of its outcomes), its time, and what it cost
-    /// in the sandbox: making its instance (when it got that far) and its largest linear memory
-    /// (bytes; 0 when it never got one).
-    pub fn call(&self, outcome: &'static str, elapsed: Duration, instantiate: Option<Duration>, peak_memory: usize) {
-        let i = self.outcomes.iter().position(|o| *o == outcome);
-        debug_assert!(i.is_some(), "unknown outcome {outcome}");
-        self.calls[i.unwrap_or(0)].inc();
-        self.duration.observe(elapsed.as_secs_f64());
-        if let Some(d) = instantiate {
-            self.instantiate.observe(d.as_secs_f64());
-        }
-        if peak_memory > 0 {
-            self.peak_memory.observe(peak_memory as f64);
-        }
-    }
-}
-
-/// What each call costs inside the sandbox, by tool and version; the same for sinks by type and
-/// version.
-#[derive(Clone)]
-struct SandboxMetrics {
-    instantiate: HistogramVec,
-    peak_memory: HistogramVec,
-    sink_calls: IntCounterVec,
-    sink_duration: HistogramVec,
-    sink_instantiate: HistogramVec,
-    sink_peak_memory: HistogramVec,
-}
-
-impl SandboxMetrics {
-    fn new(registry: &Registry) -> Self {
-        let sink = ["sink_type", "version"];
-        let sink_calls = IntCounterVec::new(
-            Opts::new("sluice_sink_calls_total", "Sink component calls (exports, connection tests) by type, version and outcome (ok, sink_error, timeout, trap, memory_limit)."),
-            &["sink_type", "version", "outcome"],
-        )
-        .expect("valid metric");
-        let sink_duration = HistogramVec::new(
-            HistogramOpts::new("sluice_sink_call_duration_seconds", "Sink component call duration (instantiate + call).")
-                .buckets(exponential_buckets(1e-4, 3.0, 12).expect("valid buckets")),
-            &sink,
-        )
-        .expect("valid metric");
-        let sink_instantiate = HistogramVec::new(
-            HistogramOpts::new("sluice_sink_instantiate_seconds", "Time to make a sink component's fresh instance for a call.")
-                .buckets(exponential_buckets(2e-6, 2.5, 12).expect("valid buckets")),
-            &sink,
-        )
-        .expect("valid metric");
-        let sink_peak_memory = HistogramVec::new(
-            HistogramOpts::new("sluice_sink_peak_memory_bytes", "The largest linear memory a sink component's call had.")
-                .buckets(exponential_buckets(65_536.0, 4.0, 10).expect("valid buckets")),
-            &sink,
-        )
-        .expect("valid metric");
-        registry.register(Box::new(sink_calls.clone())).expect("unique metric");
-        for h in [&sink_duration, &sink_instantiate, &sink_peak_memory] {
-            registry.register(Box::new(h.clone())).expect("unique metric");
-        }
-        let instantiate = HistogramVec::new(
-            HistogramOpts::new("sluice_plugin_instantiate_seconds", "Time to make a tool's fresh instance for a call.")
-                .buckets(exponential_buckets(2e-6, 2.5, 12).expect("valid buckets")),
-            &["plugin", "version"],
-        )
-        .expect("valid metric");
-        let peak_memory = HistogramVec::new(
-            HistogramOpts::new("sluice_plugin_peak_memory_bytes", "The largest linear memory a tool's call had.")
-                .buckets(exponential_buckets(65_536.0, 4.0, 10).expect("valid buckets")),
-            &["plugin", "version"],
-        )
-        .expect("valid metric");
-        registry.register(Box::new(instantiate.clone())).expect("unique metric");
-        registry.register(Box::new(peak_memory.clone())).expect("unique metric");
-        Self { instantiate, peak_memory, sink_calls, sink_duration, sink_instantiate, sink_peak_memory }
-    }
-}
-
-/// The audit writer, read from it when metrics are rendered.
-#[derive(Clone)]
-struct AuditMetrics {
-    backlog: prometheus::IntGauge,
-    write_errors: IntCounter,
-}
-
-impl AuditMetrics {
-    fn new(registry: &Registry) -> Self {
-        let backlog = prometheus::IntGauge::new(
-            "sluice_audit_backlog_lines",
-            "Audit lines the writer found queued at its last wake-up (requests wait for it past 65536).",
-        )
-        .expect("valid metric");
-        let write_errors = IntCounter::new("sluice_audit_write_errors_total", "Audit lines that could not be written.").expect("valid metric");
-        registry.register(Box::new(backlog.clone())).expect("unique metric");
-        registry.register(Box::new(write_errors.clone())).expect("unique metric");
-        Self { backlog, write_errors }
-    }
-
-    fn refresh(&self) {
-        let (backlog, errors) = crate::audit::writer_stats();
-        self.backlog.set(i64::try_from(backlog).unwrap_or(i64::MAX));
-        self.write_errors.inc_by(errors.saturating_sub(self.write_errors.get()));
     }
 }
 
@@ -427,6 +280,7 @@ impl Metrics {
         PluginSeries {
             outcomes: &PLUGIN_CALL_OUTCOMES,
             calls: PLUGIN_CALL_OUTCOMES.iter().map(|o| self.plugin_calls.with_label_values(&[plugin, version, o])).collect(),
+            recent: Default::default(),
             duration: self.plugin_duration.with_label_values(&[plugin, version]),
             instantiate: self.sandbox.instantiate.with_label_values(&[plugin, version]),
             peak_memory: self.sandbox.peak_memory.with_label_values(&[plugin, version]),
@@ -439,6 +293,7 @@ impl Metrics {
         PluginSeries {
             outcomes: &SINK_CALL_OUTCOMES,
             calls: SINK_CALL_OUTCOMES.iter().map(|o| s.sink_calls.with_label_values(&[sink_type, version, o])).collect(),
+            recent: Default::default(),
             duration: s.sink_duration.with_label_values(&[sink_type, version]),
             instantiate: s.sink_instantiate.with_label_values(&[sink_type, version]),
             peak_memory: s.sink_peak_memory.with_label_values(&[sink_type, version]),
