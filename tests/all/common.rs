@@ -322,3 +322,35 @@ pub async fn shared_cpu() -> tokio::sync::RwLockReadGuard<'static, ()> {
 pub fn shared_cpu_blocking() -> tokio::sync::RwLockReadGuard<'static, ()> {
     CPU.blocking_read()
 }
+
+/// A sink entry for the `http` sink component posting to `url` (loopback allowed).
+pub fn http_sink(name: &str, url: &str) -> sluice::config::SinkConfigEntry {
+    sluice::config::SinkConfigEntry {
+        name: name.into(),
+        component: component("http"),
+        settings: std::collections::BTreeMap::from([("url".into(), url.into())]),
+        secrets: std::collections::BTreeMap::new(),
+        allow_private: true,
+        timeout: HumanDuration(std::time::Duration::from_secs(10)),
+        breaker_open_for: HumanDuration(std::time::Duration::from_secs(30)),
+        test_on_start: false,
+    }
+}
+
+/// The export the export tests use: events per cluster, to `hook` (at most once an hour when
+/// unchanged) and to `flaky` (every run).
+pub fn event_counts_export() -> sluice::config::ExportConfigEntry {
+    use sluice::config::ExportBinding;
+    sluice::config::ExportConfigEntry {
+        name: "event-counts".into(),
+        sql: "SELECT cluster_id, count(*) AS events FROM events GROUP BY cluster_id ORDER BY cluster_id".into(),
+        cadence: None,
+        cluster: String::new(),
+        max_export_bytes: ByteSize(1 << 20),
+        spill_to: None,
+        sinks: vec![
+            ExportBinding { name: "hook".into(), min_interval: Some(HumanDuration(std::time::Duration::from_secs(3600))) },
+            ExportBinding { name: "flaky".into(), min_interval: None },
+        ],
+    }
+}

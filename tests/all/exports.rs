@@ -3,29 +3,16 @@
 //! other, retries and the breaker, per-sink status, the connection test, and state that
 //! survives a restart.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use serde_json::{Value, json};
-use sluice::config::{ExportBinding, ExportConfigEntry, HumanDuration, SinkConfigEntry};
+use sluice::config::SinkConfigEntry;
 
-use crate::common::{sink_line as line, GatewayOptions, TENANT_TOKEN, TempDir, TestGateway, component};
+use crate::common::{sink_line as line, GatewayOptions, TENANT_TOKEN, TempDir, TestGateway, component, event_counts_export, http_sink};
 use crate::sinks::receiver;
 
+/// The export's query (see [`event_counts_export`]).
 const SQL: &str = "SELECT cluster_id, count(*) AS events FROM events GROUP BY cluster_id ORDER BY cluster_id";
-
-fn sink(name: &str, url: &str) -> SinkConfigEntry {
-    SinkConfigEntry {
-        name: name.into(),
-        component: component("http"),
-        settings: BTreeMap::from([("url".into(), url.into())]),
-        secrets: BTreeMap::new(),
-        allow_private: true,
-        timeout: HumanDuration(std::time::Duration::from_secs(10)),
-        breaker_open_for: HumanDuration(std::time::Duration::from_secs(30)),
-        test_on_start: false,
-    }
-}
 
 fn options(db_dir: &TempDir, hook: &str, flaky: &str) -> GatewayOptions {
     let (hook, flaky) = (hook.to_owned(), flaky.to_owned());
@@ -35,19 +22,8 @@ fn options(db_dir: &TempDir, hook: &str, flaky: &str) -> GatewayOptions {
         seed,
         configure: Box::new(move |c| {
             c.database.path = db;
-            c.sinks = vec![sink("hook", &hook), sink("flaky", &flaky)];
-            c.exports = vec![ExportConfigEntry {
-                name: "event-counts".into(),
-                sql: SQL.into(),
-                cadence: None,
-                cluster: String::new(),
-                max_export_bytes: sluice::config::ByteSize(1 << 20),
-                spill_to: None,
-                sinks: vec![
-                    ExportBinding { name: "hook".into(), min_interval: Some(HumanDuration(std::time::Duration::from_secs(3600))) },
-                    ExportBinding { name: "flaky".into(), min_interval: None },
-                ],
-            }];
+            c.sinks = vec![http_sink("hook", &hook), http_sink("flaky", &flaky)];
+            c.exports = vec![event_counts_export()];
         }),
         ..Default::default()
     }
@@ -148,7 +124,7 @@ async fn the_admin_reload_reports_sink_components_too() {
     let dir = TempDir::new("reload-sinks");
     let file = dir.path().join("hook.wasm");
     std::fs::copy(component("http"), &file).unwrap();
-    let entry = SinkConfigEntry { component: file.clone(), ..sink("hook", "http://127.0.0.1:9/x") };
+    let entry = SinkConfigEntry { component: file.clone(), ..http_sink("hook", "http://127.0.0.1:9/x") };
     let gw = TestGateway::start(GatewayOptions {
         seed: false,
         configure: Box::new(move |c| c.sinks.push(entry)),

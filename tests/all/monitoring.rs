@@ -221,16 +221,7 @@ async fn sink_metrics_follow_calls_and_go_with_a_replaced_component() {
     let file = dir.path().join("hook.wasm");
     std::fs::copy(component("http"), &file).unwrap();
     let receiver = crate::sinks::receiver().await;
-    let entry = sluice::config::SinkConfigEntry {
-        name: "hook".into(),
-        component: file.clone(),
-        settings: std::collections::BTreeMap::from([("url".into(), receiver.url.clone())]),
-        secrets: std::collections::BTreeMap::new(),
-        allow_private: true,
-        timeout: sluice::config::HumanDuration(std::time::Duration::from_secs(10)),
-        breaker_open_for: sluice::config::HumanDuration(std::time::Duration::from_secs(30)),
-        test_on_start: false,
-    };
+    let entry = sluice::config::SinkConfigEntry { component: file.clone(), ..crate::common::http_sink("hook", &receiver.url) };
     let gw = TestGateway::start(GatewayOptions { seed: false, configure: Box::new(move |c| c.sinks.push(entry)), ..Default::default() });
     assert_eq!(gw.request("POST", "/api/v2/sinks/hook/test", None).await.body["verified"], true);
     receiver.status.store(503, std::sync::atomic::Ordering::SeqCst);

@@ -3,29 +3,14 @@
 //! failing sink and a debounced one with the conditions operators read, without console errors
 //! and without scripts. The screenshot is kept as an artifact.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::Ordering;
 
 use serde_json::{Value, json};
-use sluice::config::{ExportBinding, ExportConfigEntry, HumanDuration, SinkConfigEntry};
 
-use crate::common::{ADMIN_TOKEN, GatewayOptions, TENANT_TOKEN, TestGateway, component};
+use crate::common::{ADMIN_TOKEN, GatewayOptions, TENANT_TOKEN, TestGateway, event_counts_export, http_sink};
 use crate::sinks::receiver;
-
-fn sink(name: &str, url: &str) -> SinkConfigEntry {
-    SinkConfigEntry {
-        name: name.into(),
-        component: component("http"),
-        settings: BTreeMap::from([("url".into(), url.into())]),
-        secrets: BTreeMap::new(),
-        allow_private: true,
-        timeout: HumanDuration(std::time::Duration::from_secs(10)),
-        breaker_open_for: HumanDuration(std::time::Duration::from_secs(30)),
-        test_on_start: false,
-    }
-}
 
 /// Serves the gateway's API on loopback, as `sluice serve` does.
 async fn serve(gw: &TestGateway) -> String {
@@ -44,19 +29,8 @@ async fn the_status_page_in_chromium_shows_tools_a_failing_sink_and_a_debounced_
     let (hook_url, flaky_url) = (hook.url.clone(), flaky.url.clone());
     let gw = TestGateway::start(GatewayOptions {
         configure: Box::new(move |c| {
-            c.sinks = vec![sink("hook", &hook_url), sink("flaky", &flaky_url)];
-            c.exports = vec![ExportConfigEntry {
-                name: "event-counts".into(),
-                sql: "SELECT cluster_id, count(*) AS events FROM events GROUP BY cluster_id ORDER BY cluster_id".into(),
-                cadence: None,
-                cluster: String::new(),
-                max_export_bytes: sluice::config::ByteSize(1 << 20),
-                spill_to: None,
-                sinks: vec![
-                    ExportBinding { name: "hook".into(), min_interval: Some(HumanDuration(std::time::Duration::from_secs(3600))) },
-                    ExportBinding { name: "flaky".into(), min_interval: None },
-                ],
-            }];
+            c.sinks = vec![http_sink("hook", &hook_url), http_sink("flaky", &flaky_url)];
+            c.exports = vec![event_counts_export()];
         }),
         ..Default::default()
     });
