@@ -87,6 +87,8 @@ async fn the_status_page_in_chromium_shows_tools_a_failing_sink_and_a_debounced_
     assert_eq!((summary[1].as_str(), summary[4].as_str(), summary[5].as_str()), ("0.1.0", "2", "0"), "{summary:?}");
     let analysis = row("fleet.cluster.run_analysis");
     assert_eq!((analysis[4].as_str(), analysis[5].as_str()), ("1", "1"), "{analysis:?}");
+    assert!(analysis[6].starts_with("tool error") && analysis[6].contains("nowhere"), "{analysis:?}");
+    assert_eq!(summary[6], "—", "{summary:?}");
     // Exports: each sink's condition as operators read it.
     let exports: Vec<&Vec<String>> = rows.iter().filter(|r| r.len() == 5 && (r[0] == "hook" || r[0] == "flaky")).collect();
     let hook_line = exports.iter().find(|r| r[0] == "hook").unwrap();

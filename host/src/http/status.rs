@@ -171,16 +171,17 @@ fn render_tools(state: &AppState, h: &mut String) {
     let _ = write!(
         h,
         "<h2>Tools</h2><table><tr><th>tool</th><th>version</th><th>digest</th><th>loaded</th>\
-         <th>calls, last {} min</th><th>failed</th></tr>",
+         <th>calls, last {} min</th><th>failed</th><th>last failure</th></tr>",
         crate::metrics::RECENT_MINUTES
     );
     for t in registry.tools() {
         let (calls, failed) = t.recent_calls();
         let loaded = humantime::format_rfc3339_seconds(t.loaded_at);
         let class = if failed > 0 { " class=\"failed\"" } else { "" };
+        let last = t.last_failure().map_or_else(|| "—".to_owned(), |(at, how)| format!("{} ({})", esc(&how), esc(&at)));
         let _ = write!(
             h,
-            "<tr><td><code>{}</code></td><td>{}</td><td><code>{}</code></td><td>{loaded}</td><td>{calls}</td><td{class}>{failed}</td></tr>",
+            "<tr><td><code>{}</code></td><td>{}</td><td><code>{}</code></td><td>{loaded}</td><td>{calls}</td><td{class}>{failed}</td><td>{last}</td></tr>",
             esc(&t.name),
             esc(&t.version),
             esc(&t.digest[..16.min(t.digest.len())])

@@ -216,6 +216,10 @@ impl Runtime {
         };
         let outcome = result.as_ref().err().map_or("ok", CallError::outcome);
         self.series(&tool).call(outcome, started.elapsed(), instantiated, peak);
+        if let Err(e) = &result {
+            let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+            *tool.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some((at, e.to_string()));
+        }
         result.map(|json| CallOutput { json, tool })
     }
 

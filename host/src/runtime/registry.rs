@@ -47,9 +47,16 @@ pub struct LoadedTool {
     /// Its metric series (tool and version), resolved on its first call. Calls of a version
     /// swapped out record into these handles, which no longer show once the series are removed.
     pub(crate) series: std::sync::OnceLock<crate::metrics::PluginSeries>,
+    /// The last failed call of this version: when (RFC 3339) and how (the status page).
+    pub(crate) last_failure: std::sync::Mutex<Option<(String, String)>>,
 }
 
 impl LoadedTool {
+    /// When and how the last call of this version failed, if one did.
+    pub fn last_failure(&self) -> Option<(String, String)> {
+        self.last_failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Calls and failures of this version in the last few minutes (none before its first call).
     pub fn recent_calls(&self) -> (u64, u64) {
         self.series.get().map_or((0, 0), crate::metrics::PluginSeries::recent)
@@ -344,6 +351,7 @@ impl Runtime {
                 validator,
                 pre,
                 series: std::sync::OnceLock::new(),
+                last_failure: std::sync::Mutex::new(None),
             },
             outcome,
         ))
