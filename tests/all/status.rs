@@ -90,7 +90,7 @@ async fn the_status_page_in_chromium_shows_tools_a_failing_sink_and_a_debounced_
     assert!(analysis[6].starts_with("tool error") && analysis[6].contains("nowhere"), "{analysis:?}");
     assert_eq!(summary[6], "—", "{summary:?}");
     // Exports: each sink's condition as operators read it.
-    let exports: Vec<&Vec<String>> = rows.iter().filter(|r| r.len() == 5 && (r[0] == "hook" || r[0] == "flaky")).collect();
+    let exports: Vec<&Vec<String>> = rows.iter().filter(|r| r.len() == 5 && r[1] != "http" && (r[0] == "hook" || r[0] == "flaky")).collect();
     let hook_line = exports.iter().find(|r| r[0] == "hook").unwrap();
     let flaky_line = exports.iter().find(|r| r[0] == "flaky").unwrap();
     assert_eq!(hook_line[1], "Debounced", "{hook_line:?}");
@@ -98,9 +98,12 @@ async fn the_status_page_in_chromium_shows_tools_a_failing_sink_and_a_debounced_
     // Six failed tries in two runs: the breaker opened at the fifth, and the page says so.
     assert_eq!((flaky_line[3].as_str(), flaky_line[4].starts_with("transient:")), ("open", true), "{flaky_line:?}");
     assert_eq!(hook_line[3], "closed", "{hook_line:?}");
-    // Sinks: the failed connection test.
-    let flaky_sink = rows.iter().find(|r| r.len() == 4 && r[0] == "flaky").unwrap();
-    assert!(flaky_sink[3].starts_with("failed"), "{flaky_sink:?}");
+    // Sinks: the breaker and the failed connection test.
+    let sink_row = |name: &str| rows.iter().find(|r| r.len() == 5 && r[0] == name && r[1] == "http").cloned().unwrap();
+    let flaky_sink = sink_row("flaky");
+    assert_eq!(flaky_sink[3], "open", "{flaky_sink:?}");
+    assert!(flaky_sink[4].starts_with("failed"), "{flaky_sink:?}");
+    assert_eq!((sink_row("hook")[3].as_str(), sink_row("hook")[4].as_str()), ("closed", "not run"));
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "the screenshot at {}", shot.display());
     eprintln!("status page screenshot: {}", shot.display());
     // Signing in is audited (never with the token).

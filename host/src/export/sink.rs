@@ -54,6 +54,11 @@ impl SinkHandle {
         self.connection.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Its circuit breaker's state now: `closed`, `open` or `half_open`.
+    pub fn breaker_state(&self) -> &'static str {
+        self.breaker.lock().unwrap_or_else(|p| p.into_inner()).state(Instant::now()).as_str()
+    }
+
     /// The component version in use now.
     pub fn loaded(&self) -> Arc<LoadedSink> {
         self.loaded.load_full()

@@ -199,7 +199,7 @@ fn render_tools(state: &AppState, h: &mut String) {
 }
 
 fn render_sinks(state: &AppState, h: &mut String) {
-    h.push_str("<h2>Sinks</h2><table><tr><th>sink</th><th>type</th><th>version</th><th>connection test</th></tr>");
+    h.push_str("<h2>Sinks</h2><table><tr><th>sink</th><th>type</th><th>version</th><th>breaker</th><th>connection test</th></tr>");
     for s in state.exports.sinks() {
         let loaded = s.loaded();
         let test = match s.connection() {
@@ -207,9 +207,10 @@ fn render_sinks(state: &AppState, h: &mut String) {
             Some(c) => format!("<span class=\"failed\">failed</span>: {} ({})", esc(&c.detail), esc(&c.at)),
             None => "not run".into(),
         };
+        let breaker = s.breaker_state();
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{test}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{breaker}\">{breaker}</td><td>{test}</td></tr>",
             esc(&s.entry.name),
             esc(&loaded.info.sink_type),
             esc(&loaded.info.version)
