@@ -65,6 +65,11 @@ impl RequestId {
         out
     }
 
+    /// The id as a number: uniformly spread, so it also decides which requests are traced.
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+
     /// The id as a header value.
     pub fn header_value(self) -> HeaderValue {
         HeaderValue::from_bytes(&self.hex()).expect("hex is a valid header value")
@@ -83,6 +88,8 @@ pub struct Caller {
     pub req_id: RequestId,
     pub identity: Arc<Identity>,
     pub source_ip: Option<IpAddr>,
+    /// The request's trace, when it is traced or its caller sent a trace context.
+    pub trace: Option<crate::telemetry::Trace>,
 }
 
 impl Caller {
@@ -94,6 +101,10 @@ impl Caller {
             bearer_key_name: Some(self.identity.key_name.clone()),
             source_ip: self.source_ip,
             ..AuditEvent::new(event)
+        };
+        let ev = match &self.trace {
+            Some(t) => ev.with("trace_id", t.trace_id_hex()),
+            None => ev,
         };
         match &self.identity.token {
             // A JWT caller: who issued it, to whom, and the token's id (never the token).
@@ -113,7 +124,7 @@ impl Caller {
     /// The operator at the local command line (`sluice call`): unscoped, named `local`.
     pub fn local() -> Self {
         let identity = Identity::static_bearer("0".repeat(64), "local".into(), vec![], crate::auth::Grants::all());
-        Self { req_id: RequestId::generate(), identity: Arc::new(identity), source_ip: None }
+        Self { req_id: RequestId::generate(), identity: Arc::new(identity), source_ip: None, trace: None }
     }
 }
 

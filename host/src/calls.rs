@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use serde_json::value::RawValue;
+use tracing::Instrument as _;
 
 use crate::audit::AuditLog;
 use crate::caller::Caller;
@@ -97,6 +98,43 @@ impl CallFailure {
     }
 }
 
+impl CallFailure {
+    /// A short name of the outcome (trace spans).
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::TooLarge(_) => "too_large",
+            Self::NotFound(_) => "not_found",
+            Self::InvalidArgs { .. } => "invalid_args",
+            Self::ScopeRefused(_) => "scope_refused",
+            Self::NotPermitted(_) => "not_permitted",
+            Self::NotReadOnly(_) => "not_read_only",
+            Self::Timeout { .. } => "timeout",
+            Self::Busy => "busy",
+            Self::ShuttingDown => "shutting_down",
+            Self::Backend { .. } => "backend_failure",
+        }
+    }
+}
+
+/// The span of a tool call (OpenTelemetry's `execute_tool`), when the caller's request is traced.
+fn tool_span(caller: &Caller, name: &str) -> tracing::Span {
+    crate::telemetry::child_of(caller.trace.as_ref(), |parent| {
+        tracing::info_span!(
+            target: crate::telemetry::TARGET,
+            parent: parent,
+            "execute_tool",
+            otel.name = %format_args!("execute_tool {name}"),
+            otel.status_code = tracing::field::Empty,
+            gen_ai.operation.name = "execute_tool",
+            gen_ai.tool.name = name,
+            sluice.tool.version = tracing::field::Empty,
+            sluice.tool.digest = tracing::field::Empty,
+            sluice.outcome = tracing::field::Empty,
+        )
+    })
+}
+
 /// Tool calls over a runtime, audited.
 pub struct Calls<'a> {
     pub runtime: &'a Runtime,
@@ -145,6 +183,7 @@ impl Calls<'_> {
     ) -> Result<Answer, CallFailure> {
         let started = Instant::now();
         let mut cluster_id = None;
+        let span = tool_span(caller, name);
         let result = async {
             // Before finding it: a tool the caller may not call is refused whether or not it
             // exists, so its existence does not show.
@@ -152,11 +191,21 @@ impl Calls<'_> {
                 return Err(CallFailure::NotPermitted(name.to_owned()));
             }
             let tool = find()?;
+            if !span.is_none() {
+                span.record("sluice.tool.version", tool.version.as_str()).record("sluice.tool.digest", tool.digest.as_str());
+            }
             let args = args()?;
             cluster_id = args.get("cluster_id").and_then(Value::as_str).map(str::to_owned);
             Box::pin(self.run(caller, tool, args, cluster_id.as_deref())).await
         }
+        .instrument(span.clone())
         .await;
+        if !span.is_none() {
+            span.record("sluice.outcome", result.as_ref().err().map_or("ok", CallFailure::outcome));
+            if result.as_ref().is_err_and(|f| f.status() >= 500) {
+                span.record("otel.status_code", "error");
+            }
+        }
         self.audit_call(caller, name, cluster_id, result.as_ref().err(), started, via);
         result
     }

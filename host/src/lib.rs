@@ -28,5 +28,6 @@ pub mod ratelimit;
 pub mod reload;
 pub mod runtime;
 pub mod serve;
+pub mod telemetry;
 pub mod tls;
 pub mod watch;

@@ -25,9 +25,10 @@ struct Cli {
 }
 
 impl Cli {
-    /// The log format: the flag, else the configuration file's `[log] format` (a file that does
-    /// not load is reported by the command itself), else text.
-    fn log_format(&self) -> sluice::config::LogFormat {
+    /// The log format (the flag, else the configuration file's `[log] format`, else text) and,
+    /// for `serve`, the configuration's `[traces]` when traces are on. A file that does not load
+    /// is reported by the command itself.
+    fn logging(&self) -> (sluice::config::LogFormat, Option<sluice::telemetry::TracesConfig>) {
         let config = match &self.command {
             Command::Serve(a) => a.common.config.as_ref(),
             Command::Call(a) | Command::Plugin(PluginCommand::Call(a)) => a.common.config.as_ref(),
@@ -35,9 +36,13 @@ impl Cli {
             Command::Dev(a) => a.config.as_ref(),
             _ => None,
         };
-        self.log_format
-            .or_else(|| Config::load(config?).ok().map(|c| c.log.format))
-            .unwrap_or_default()
+        let config = config.and_then(|c| Config::load(c).ok());
+        let format = self.log_format.or_else(|| Some(config.as_ref()?.log.format)).unwrap_or_default();
+        let traces = match &self.command {
+            Command::Serve(_) => config.map(|c| c.traces).filter(|t| t.enabled()),
+            _ => None,
+        };
+        (format, traces)
     }
 }
 
@@ -48,17 +53,25 @@ const DEFAULT_LOG_FILTER: &str = "info,rmcp=warn";
 
 /// Logs to stderr in `format`, filtered by `SLUICE_LOG` (default `info`). Text has colours only
 /// on a terminal, so a log written to a file or a pipe (systemd, Kubernetes) is plain text.
-fn init_logging(format: sluice::config::LogFormat) {
+/// With `traces`, spans of `sluice::trace` also go to the trace exporter, whatever `SLUICE_LOG`
+/// says (each layer has its own filter).
+fn init_logging(format: sluice::config::LogFormat, traces: Option<&sluice::telemetry::TracesConfig>) -> anyhow::Result<()> {
     use std::io::IsTerminal as _;
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| DEFAULT_LOG_FILTER.into());
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        sluice::config::LogFormat::Json => logs.json().init(),
+    // Trace spans are not log context: log lines stay the same whether a request is traced.
+    let filter = filter.add_directive(format!("{}=off", sluice::telemetry::TARGET).parse()?);
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match format {
+        sluice::config::LogFormat::Json => logs.json().boxed(),
         sluice::config::LogFormat::Text => {
             let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-            logs.with_ansi(std::io::stderr().is_terminal() && !no_color).init()
+            logs.with_ansi(std::io::stderr().is_terminal() && !no_color).boxed()
         }
-    }
+    };
+    let traces = traces.map(sluice::telemetry::install).transpose().context("starting the trace exporter ([traces])")?;
+    tracing_subscriber::registry().with(traces).with(logs.with_filter(filter)).init();
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -262,7 +275,11 @@ fn load_config(common: &Common) -> anyhow::Result<Config> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format());
+    let (format, traces) = cli.logging();
+    if let Err(e) = init_logging(format, traces.as_ref()) {
+        eprintln!("sluice: {e:#}");
+        return std::process::ExitCode::FAILURE;
+    }
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -99,6 +99,7 @@ impl Gateway {
             mcp_shutdown: tokio_util::sync::CancellationToken::new(),
             tls: config.server.tls_cert.is_some() && config.server.tls_key.is_some(),
             status_sessions: Default::default(),
+            traces: if config.traces.enabled() { crate::telemetry::active() } else { None },
             exports,
         });
         Ok(Self { state, watchers })
@@ -201,6 +202,8 @@ pub async fn serve_gateway(config: &Config, gateway: Gateway, audit: AuditLog) -
         }
         audit.record(AuditEvent::new("drain_end").with("clean", clean).with("in_flight", drain.in_flight()));
         audit.flush();
+        // The last requests' spans (within the export timeout; a collector that is down loses them).
+        tokio::task::spawn_blocking(crate::telemetry::flush).await.ok();
         mcp_shutdown.cancel();
         let _ = stop_tx.send(true);
     };

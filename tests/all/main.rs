@@ -28,3 +28,4 @@ mod sql;
 mod status;
 mod tenant;
 mod tools;
+mod traces;

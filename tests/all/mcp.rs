@@ -333,7 +333,7 @@ async fn a_thousand_stateless_mcp_requests_log_nothing_at_info_or_above() {
 }
 
 /// The `_meta` a 2026-07-28 request carries instead of a session.
-fn meta_2026() -> Value {
+pub(crate) fn meta_2026() -> Value {
     json!({
         "io.modelcontextprotocol/protocolVersion": "2026-07-28",
         "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "0"},

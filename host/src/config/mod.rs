@@ -39,6 +39,8 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// The process's own log (stderr).
     pub log: LogConfig,
+    /// OpenTelemetry traces (OTLP/HTTP).
+    pub traces: crate::telemetry::TracesConfig,
     /// Sinks: where exports go (`[[sink]]`).
     #[serde(rename = "sink")]
     pub sinks: Vec<SinkConfigEntry>,
@@ -422,6 +424,7 @@ impl Config {
             "server.tls_cert and server.tls_key go together; set both (or neither)"
         );
         self.auth.jwt.check().map_err(anyhow::Error::msg)?;
+        self.traces.check().map_err(anyhow::Error::msg)?;
         anyhow::ensure!(self.rate_limit.requests_per_second >= 1, "rate_limit.requests_per_second must be at least 1");
         anyhow::ensure!(self.rate_limit.burst >= 1, "rate_limit.burst must be at least 1");
         anyhow::ensure!(self.limits.max_in_flight_per_bearer >= 1, "limits.max_in_flight_per_bearer must be at least 1");

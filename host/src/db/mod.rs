@@ -108,6 +108,21 @@ pub enum QueryError {
     Internal(String),
 }
 
+impl QueryError {
+    /// A short name of the error's class (trace spans).
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::NotReadOnly => "not_read_only",
+            Self::Timeout => "timeout",
+            Self::ScopeDenied => "scope_denied",
+            Self::InvalidSql(_) => "invalid_sql",
+            Self::TooManyRows(_) => "too_many_rows",
+            Self::InvalidParams(_) => "invalid_params",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
 /// The database and its read pool. Cheap to clone.
 #[derive(Clone)]
 pub struct Database {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use serde_json::Value;
+use tracing::Instrument as _;
 
 use super::envelope::{EnvelopeMeta, Plan, SinkShape, SizeError, Snapshot, plan};
 use super::policy::{Delivered, debounced};
@@ -217,7 +218,12 @@ impl ExportEngine {
     pub async fn run(&self, name: &str) -> Option<anyhow::Result<ExportStatus>> {
         let export = self.exports.get(name)?.clone();
         let _one_at_a_time = export.running.lock().await;
-        Some(self.run_locked(&export).await.map(|()| self.status_of(&export)))
+        let span = super::spans::export(name);
+        let result = self.run_locked(&export).instrument(span.clone()).await;
+        if result.is_err() && !span.is_none() {
+            span.record("otel.status_code", "error");
+        }
+        Some(result.map(|()| self.status_of(&export)))
     }
 
     async fn run_locked(&self, export: &ExportRuntime) -> anyhow::Result<()> {
@@ -260,6 +266,7 @@ impl ExportEngine {
             status.warnings = super::status::warnings(&snapshot, entry.max_export_bytes.0);
             g
         };
+        super::spans::record_run(&tracing::Span::current(), generation, snapshot.items.len());
         let exported_at = rfc3339(SystemTime::now());
         let meta = EnvelopeMeta { export: &entry.name, cluster: &entry.cluster, generation, exported_at: &exported_at };
 
@@ -288,7 +295,9 @@ impl ExportEngine {
         meta: &EnvelopeMeta<'_>,
     ) -> SinkExportStatus {
         let loaded = sink.loaded();
-        let mut line = self.deliver_on(&loaded, entry, min_interval, sink, snapshot, meta).await;
+        let span = super::spans::delivery(&sink.entry.name, &loaded.info.sink_type);
+        let mut line = self.deliver_on(&loaded, entry, min_interval, sink, snapshot, meta).instrument(span.clone()).await;
+        super::spans::record_delivery(&span, &line);
         line.component = Some(format!("{}@{} sha256:{}", loaded.info.sink_type, loaded.info.version, &loaded.digest[..16]));
         line
     }
@@ -430,7 +439,10 @@ impl ExportEngine {
                 TryEvent::Breaker(state) => self.metrics.sink_breaker(&sink.entry.name, state.as_str()),
                 TryEvent::Failed(class) => self.metrics.sink_error(sink_type, class_name(class)),
             };
-            let receipt = send_part(&sink.breaker, RetryPolicy::default(), send, observe).await?;
+            let span = super::spans::part(part.index, part.total, part.json.len());
+            let sent = send_part(&sink.breaker, RetryPolicy::default(), send, observe).instrument(span.clone()).await;
+            super::spans::record_part(&span, sent.as_ref().err().map(|f| class_name(f.class)));
+            let receipt = sent?;
             location = receipt.location;
             self.metrics.export_bytes(sink_type, part.json.len());
         }

@@ -16,5 +16,6 @@ pub mod envelope;
 pub mod policy;
 pub mod retry;
 pub mod sink;
+mod spans;
 pub mod state;
 pub mod status;

@@ -34,9 +34,12 @@ pub use crate::caller::{Caller, RequestId};
 use crate::metrics::{HttpRouteMetrics, method_index};
 use crate::auth::Refused;
 use crate::ratelimit::{Admission, Rejection};
+use crate::telemetry::{TARGET as TRACE_TARGET, TRACERESPONSE, Trace};
 
 /// A route template and what the front door knows about it.
 struct RouteEntry {
+    /// The template (`unmatched` for none), as request spans name it.
+    template: &'static str,
     /// Served without a bearer.
     public: bool,
     /// Largest body.
@@ -57,11 +60,11 @@ impl RouteTable {
     fn new(state: &AppState, templates: &[(&'static str, bool)]) -> Self {
         let mut matcher = matchit::Router::new();
         let max_body = state.max_body;
-        let mut entries = vec![RouteEntry { public: false, max_body, metrics: state.metrics.http_route("unmatched") }];
+        let mut entries = vec![RouteEntry { template: "unmatched", public: false, max_body, metrics: state.metrics.http_route("unmatched") }];
         for &(template, public) in templates {
             matcher.insert(template, entries.len()).expect("route templates are valid and distinct");
             let max_body = if template == super::OTLP_ROUTE { state.ingest.max_body.0 } else { max_body };
-            entries.push(RouteEntry { public, max_body, metrics: state.metrics.http_route(template) });
+            entries.push(RouteEntry { template, public, max_body, metrics: state.metrics.http_route(template) });
         }
         Self { matcher, entries }
     }
@@ -118,6 +121,9 @@ where
         let started = Instant::now();
         let route = shared.routes.lookup(req.uri().path());
         let method = method_index(req.method());
+        let trace = state.traces.and_then(|t| {
+            t.request(req.headers(), id.as_u64(), || request_span(&req, shared.routes.entries[route].template, id))
+        });
         let mut fut = FrontDoorFuture {
             shared: self.shared.clone(),
             id,
@@ -126,6 +132,7 @@ where
             method,
             entered: false,
             _admission: None,
+            trace: trace.clone(),
             inner: Inner::Ready(None),
         };
         let Some(in_flight) = state.drain.try_enter() else {
@@ -143,22 +150,23 @@ where
         if shared.routes.entries[route].public {
             req.extensions_mut().insert(id);
         } else {
-            let caller = match authenticate(state, &req, id) {
+            let caller = match authenticate(state, &req, id, trace) {
                 Authenticated::Now(caller) => caller,
                 Authenticated::Refused(resp) => {
                     fut.inner = Inner::Ready(Some(resp));
                     return fut;
                 }
-                Authenticated::AfterKeyRefresh { token, issuer } => {
+                Authenticated::AfterKeyRefresh { token, issuer, trace } => {
                     // Rare (a JWT signed with a key not fetched yet): off the inline path.
                     let (shared, mut router) = (self.shared.clone(), self.router.clone());
                     fut.inner = Inner::Slow(Box::pin(async move {
                         let state = &shared.state;
                         let ip = source_ip(&req);
+                        let span = auth_span(trace.as_ref());
                         let result = state.auth.authenticate_after_refresh(&token, issuer).await;
                         let caller = match result {
-                            Ok(identity) => accepted(state, Caller { req_id: id, identity, source_ip: ip }),
-                            Err(refused) => return refuse(state, id, ip, Some(&token), &refused, &req),
+                            Ok(identity) => accepted(state, &span, Caller { req_id: id, identity, source_ip: ip, trace }),
+                            Err(refused) => return refuse(state, &span, Some(&token), &refused, &req, Refusal { id, ip, trace }),
                         };
                         let _admission = match state.limiter.admit(&caller.identity.bearer_hash, in_flight) {
                             Ok(admission) => admission,
@@ -205,6 +213,8 @@ pub struct FrontDoorFuture {
     method: usize,
     entered: bool,
     _admission: Option<Admission>,
+    /// The request's trace (its span ends when this is dropped).
+    trace: Option<Trace>,
     inner: Inner,
 }
 
@@ -213,6 +223,8 @@ impl Future for FrontDoorFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
+        // Spans made while the handler runs are children of the request span.
+        let _entered = this.trace.as_ref().filter(|t| t.traced()).map(|t| t.span.enter());
         let mut resp = match &mut this.inner {
             Inner::Ready(resp) => resp.take().expect("FrontDoorFuture polled after completion"),
             Inner::Route(fut) => match ready!(Pin::new(fut).poll(cx)) {
@@ -222,6 +234,14 @@ impl Future for FrontDoorFuture {
             Inner::Slow(fut) => ready!(fut.as_mut().poll(cx)),
         };
         resp.headers_mut().insert(X_REQUEST_ID.clone(), this.id.header_value());
+        if let Some(t) = &this.trace {
+            resp.headers_mut().insert(TRACERESPONSE.clone(), t.header_value());
+            let status = resp.status().as_u16();
+            t.span.record("http.response.status_code", status);
+            if status >= 500 {
+                t.span.record("otel.status_code", "error");
+            }
+        }
         this.shared.routes.entries[this.route].metrics.record(
             this.method,
             resp.status().as_u16(),
@@ -281,12 +301,48 @@ enum Authenticated {
     Now(Caller),
     Refused(Response),
     /// A JWT whose key its issuer has not published yet, as far as Sluice knows: fetch, retry.
-    AfterKeyRefresh { token: String, issuer: usize },
+    AfterKeyRefresh { token: String, issuer: usize, trace: Option<Trace> },
+}
+
+/// The span of a traced request (`None` from [`Traces::request`] otherwise: nothing is made).
+fn request_span(req: &Request, template: &'static str, id: RequestId) -> tracing::Span {
+    tracing::info_span!(
+        target: TRACE_TARGET,
+        "request",
+        otel.name = %format_args!("{} {template}", req.method()),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %req.method(),
+        http.route = template,
+        http.response.status_code = tracing::field::Empty,
+        sluice.request_id = %id,
+    )
+}
+
+/// The authentication span of a traced request, else none.
+fn auth_span(trace: Option<&Trace>) -> tracing::Span {
+    crate::telemetry::child_of(trace, |parent| {
+        tracing::info_span!(
+            target: TRACE_TARGET,
+            parent: parent,
+            "authenticate",
+            sluice.auth.method = tracing::field::Empty,
+            sluice.auth.outcome = tracing::field::Empty,
+        )
+    })
+}
+
+/// Who a refusal is about.
+struct Refusal {
+    id: RequestId,
+    ip: Option<IpAddr>,
+    trace: Option<Trace>,
 }
 
 /// `Authorization: Bearer <token>` → [`Caller`], or a 401 response (audited).
-fn authenticate(state: &AppState, req: &Request, id: RequestId) -> Authenticated {
+fn authenticate(state: &AppState, req: &Request, id: RequestId, trace: Option<Trace>) -> Authenticated {
     let ip = source_ip(req);
+    let span = auth_span(trace.as_ref());
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -297,9 +353,9 @@ fn authenticate(state: &AppState, req: &Request, id: RequestId) -> Authenticated
         .filter(|t| !t.is_empty());
     let Some(token) = token else {
         state.metrics.auth_failure("missing_bearer");
-        state.metrics.authentication("none", "missing_bearer");
+        authentication(state, &span, "none", "missing_bearer");
         state.audit.record(
-            AuditEvent { req_id: Some(id.to_string()), source_ip: ip, ..AuditEvent::new("auth_failure") }
+            with_trace(AuditEvent { req_id: Some(id.to_string()), source_ip: ip, ..AuditEvent::new("auth_failure") }, trace.as_ref())
                 .with("reason", "missing_bearer"),
         );
         let mut resp = ApiError::MissingBearer.into_response();
@@ -307,32 +363,45 @@ fn authenticate(state: &AppState, req: &Request, id: RequestId) -> Authenticated
         return Authenticated::Refused(resp);
     };
     match state.auth.authenticate(token) {
-        Ok(identity) => Authenticated::Now(accepted(state, Caller { req_id: id, identity, source_ip: ip })),
-        Err(Refused::KeysMissing { issuer }) => Authenticated::AfterKeyRefresh { token: token.to_owned(), issuer },
-        Err(refused) => Authenticated::Refused(refuse(state, id, ip, Some(token), &refused, req)),
+        Ok(identity) => Authenticated::Now(accepted(state, &span, Caller { req_id: id, identity, source_ip: ip, trace })),
+        Err(Refused::KeysMissing { issuer }) => Authenticated::AfterKeyRefresh { token: token.to_owned(), issuer, trace },
+        Err(refused) => Authenticated::Refused(refuse(state, &span, Some(token), &refused, req, Refusal { id, ip, trace })),
     }
 }
 
-fn accepted(state: &AppState, caller: Caller) -> Caller {
-    state.metrics.authentication(caller.identity.method(), "ok");
+fn accepted(state: &AppState, span: &tracing::Span, caller: Caller) -> Caller {
+    authentication(state, span, caller.identity.method(), "ok");
     caller
+}
+
+/// An authentication's metric, and its span's fields when traced.
+fn authentication(state: &AppState, span: &tracing::Span, method: &'static str, outcome: &'static str) {
+    state.metrics.authentication(method, outcome);
+    if !span.is_none() {
+        span.record("sluice.auth.method", method).record("sluice.auth.outcome", outcome);
+    }
+}
+
+fn with_trace(ev: AuditEvent, trace: Option<&Trace>) -> AuditEvent {
+    match trace {
+        Some(t) => ev.with("trace_id", t.trace_id_hex()),
+        None => ev,
+    }
 }
 
 /// A refused bearer: metered, audited with the reason (the presented token's hash helps an
 /// operator find a misconfigured client; the token never appears), answered 401.
-fn refuse(state: &AppState, id: RequestId, ip: Option<IpAddr>, token: Option<&str>, refused: &Refused, req: &Request) -> Response {
+fn refuse(state: &AppState, span: &tracing::Span, token: Option<&str>, refused: &Refused, req: &Request, who: Refusal) -> Response {
     let method = if matches!(refused, Refused::Unknown) { "static" } else { "jwt" };
     state.metrics.auth_failure("invalid_bearer");
-    state.metrics.authentication(method, refused.reason());
-    state.audit.record(
-        AuditEvent {
-            req_id: Some(id.to_string()),
-            source_ip: ip,
-            bearer_hash: token.map(crate::auth::token_hash),
-            ..AuditEvent::new("auth_failure")
-        }
-        .with("reason", refused.reason()),
-    );
+    authentication(state, span, method, refused.reason());
+    let ev = AuditEvent {
+        req_id: Some(who.id.to_string()),
+        source_ip: who.ip,
+        bearer_hash: token.map(crate::auth::token_hash),
+        ..AuditEvent::new("auth_failure")
+    };
+    state.audit.record(with_trace(ev, who.trace.as_ref()).with("reason", refused.reason()));
     let mut resp = match refused {
         Refused::Unknown => ApiError::InvalidBearer,
         // A JWT's reason: what an OAuth client needs to decide whether to get a new one.

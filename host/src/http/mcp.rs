@@ -258,7 +258,7 @@ impl ServerHandler for Mcp {
     ) -> Result<CallToolResponse, ErrorData> {
         let caller = caller(&ctx)?;
         let args = Value::Object(request.arguments.unwrap_or_default());
-        super::mcp_fast::call_tool(&self.state, &caller, &request.name, args).await.map(Into::into)
+        super::mcp_fast::call_tool(&self.state, &caller, &request.name, args, Some(&ctx.meta)).await.map(Into::into)
     }
 
 

@@ -81,8 +81,23 @@ pub(super) fn plain_tool_call(parts: &Parts, body: &[u8]) -> Option<PlainCall> {
     Some(PlainCall { id: req.id, name: req.params.name, arguments: req.params.arguments.unwrap_or_default() })
 }
 
-/// One `tools/call` as MCP answers it, for the session, stateless and fast paths alike.
-pub(super) async fn call_tool(state: &AppState, caller: &Caller, name: &str, args: Value) -> Result<CallToolResult, ErrorData> {
+/// One `tools/call` as MCP answers it, for the session, stateless and fast paths alike. `meta`
+/// is the request's `_meta`: its `traceparent` (SEP-414) puts the call in the client's trace.
+pub(super) async fn call_tool(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    args: Value,
+    meta: Option<&serde_json::Map<String, Value>>,
+) -> Result<CallToolResult, ErrorData> {
+    let traced;
+    let caller = match mcp_trace(state, caller, name, meta) {
+        Some(trace) => {
+            traced = Caller { trace: Some(trace), ..caller.clone() };
+            &traced
+        }
+        None => caller,
+    };
     match Box::pin(state.calls().call_tool(caller, name, || Ok(args), Via::Mcp)).await {
         Ok(answer) => {
             let value: Value = serde_json::from_str(answer.result.get())
@@ -102,13 +117,36 @@ pub(super) async fn call_tool(state: &AppState, caller: &Caller, name: &str, arg
     }
 }
 
+/// The MCP request's span (`tools/call <tool>`, OpenTelemetry's MCP conventions) in the trace
+/// of `_meta.traceparent`, else of the HTTP request; `None` when neither is traced or carries
+/// a trace context.
+fn mcp_trace(state: &AppState, caller: &Caller, name: &str, meta: Option<&serde_json::Map<String, Value>>) -> Option<crate::telemetry::Trace> {
+    let traces = state.traces?;
+    let meta = meta.filter(|m| m.contains_key("traceparent"));
+    if meta.is_none() && !caller.trace.as_ref().is_some_and(crate::telemetry::Trace::traced) {
+        return None;
+    }
+    let empty = serde_json::Map::new();
+    traces.mcp_request(meta.unwrap_or(&empty), caller.trace.as_ref(), |parent| {
+        tracing::info_span!(
+            target: crate::telemetry::TARGET,
+            parent: parent,
+            "mcp",
+            otel.name = %format_args!("tools/call {name}"),
+            otel.kind = "server",
+            mcp.method.name = "tools/call",
+            gen_ai.tool.name = name,
+        )
+    })
+}
+
 /// Calls the tool and answers as the library would: 200 with the JSON-RPC response or error.
 pub(super) async fn answer(state: &AppState, parts: &Parts, call: PlainCall) -> Response {
     let Some(caller) = parts.extensions.get::<Caller>() else {
         let error = ErrorData::internal_error("no authenticated caller on this request", None);
         return json(&ServerJsonRpcMessage::Error(JsonRpcError::new(Some(call.id), error)));
     };
-    let message = match call_tool(state, caller, &call.name, Value::Object(call.arguments)).await {
+    let message = match call_tool(state, caller, &call.name, Value::Object(call.arguments), None).await {
         Ok(result) => {
             // As the library answers a peer of a handshake-era revision: no `resultType`.
             let mut result = ServerResult::CallToolResult(result);

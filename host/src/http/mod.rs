@@ -111,6 +111,8 @@ pub struct AppInner {
     pub tls: bool,
     /// Browser sessions of the status page.
     pub status_sessions: status::Sessions,
+    /// The trace pipeline, when `[traces]` is on.
+    pub traces: Option<&'static crate::telemetry::Traces>,
     /// Cancelled at the end of a drain: closes MCP sessions and their event streams, which would
     /// otherwise keep connections (and the shutdown) open.
     pub mcp_shutdown: tokio_util::sync::CancellationToken,

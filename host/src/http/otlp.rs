@@ -9,6 +9,8 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 
+use tracing::Instrument as _;
+
 use super::{ApiError, AppState, Caller, wire};
 use crate::ingest::{self, DecodeError, Encoding};
 
@@ -55,11 +57,26 @@ pub async fn ingest(
     }
     let converted = ingest::convert(&req, &caller.identity.allowed_clusters);
     let accepted = converted.rows.len();
+    let span = crate::telemetry::child_of(caller.trace.as_ref(), |parent| {
+        tracing::info_span!(
+            target: crate::telemetry::TARGET,
+            parent: parent,
+            "ingest",
+            otel.status_code = tracing::field::Empty,
+            sluice.ingest.accepted = accepted,
+            sluice.ingest.rejected = converted.rejected,
+        )
+    });
     let db = state.db.clone();
     let rows = converted.rows;
     let written = tokio::task::spawn_blocking(move || db.append_events(&rows))
+        .instrument(span.clone())
         .await
         .unwrap_or_else(|e| Err(anyhow::anyhow!("ingest task failed: {e}")));
+    if written.is_err() && !span.is_none() {
+        span.record("otel.status_code", "error");
+    }
+    drop(span);
     let mut ev = caller.audit("otlp_ingest").with("accepted", accepted).with("rejected", converted.rejected);
     if let Err(e) = &written {
         ev = ev.with("error", format!("{e:#}")).with("status", 500);

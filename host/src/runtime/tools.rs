@@ -44,6 +44,8 @@ pub struct ToolState {
     request_id: String,
     /// The caller's clusters: every query of this call sees only their rows (empty: all).
     clusters: Vec<String>,
+    /// The call's trace span (its queries' spans go under it), when the call is traced.
+    trace: Option<tracing::Span>,
 }
 
 impl ToolState {
@@ -57,7 +59,12 @@ impl ToolState {
             .socket_addr_check(|_, _| Box::pin(async { false }))
             .build();
         let limits = super::component::limits(memory_limit);
-        Self { wasi, table: ResourceTable::new(), limits, db, deadline, plugin, request_id, clusters: Vec::new() }
+        // Made inside the call's span when the call is traced (`calls.rs`).
+        let trace = crate::telemetry::active().and_then(|_| {
+            let current = tracing::Span::current();
+            (current.metadata().map(|m| m.target()) == Some(crate::telemetry::TARGET)).then_some(current)
+        });
+        Self { wasi, table: ResourceTable::new(), limits, db, deadline, plugin, request_id, clusters: Vec::new(), trace }
     }
 
     /// What the call's memories used, and whether one hit the limit.
@@ -164,10 +171,18 @@ impl ToolState {
             return Err(WitQueryError::Internal("no database while the component is being loaded".into()));
         };
         let (deadline, clusters) = (self.deadline, self.clusters.clone());
-        let span = tracing::debug_span!("host_query", plugin = %self.plugin, req_id = %self.request_id);
+        let span = match &self.trace {
+            Some(parent) => query_span(parent, &sql),
+            None => tracing::debug_span!("host_query", plugin = %self.plugin, req_id = %self.request_id),
+        };
+        let traced = self.trace.is_some();
         let result = tokio::task::spawn_blocking(move || {
             let _enter = span.enter();
-            db.query_scoped(&sql, &params, limit, Some(deadline), &clusters)
+            let result = db.query_scoped(&sql, &params, limit, Some(deadline), &clusters);
+            if traced {
+                record_query(&span, &result);
+            }
+            result
         })
         .await
         .unwrap_or_else(|e| Err(db::QueryError::Internal(format!("query task failed: {e}"))));
@@ -190,6 +205,33 @@ impl ToolState {
             }
         }
     }
+}
+
+/// A plugin query's span: the database, and the SQL text only when `[traces] record_sql` says
+/// so; never the parameters.
+fn query_span(parent: &tracing::Span, sql: &str) -> tracing::Span {
+    let span = tracing::info_span!(
+        target: crate::telemetry::TARGET,
+        parent: parent,
+        "host_query",
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        db.system.name = "duckdb",
+        db.query.text = tracing::field::Empty,
+        db.response.returned_rows = tracing::field::Empty,
+        sluice.outcome = tracing::field::Empty,
+    );
+    if crate::telemetry::active().is_some_and(|t| t.record_sql()) {
+        span.record("db.query.text", sql);
+    }
+    span
+}
+
+fn record_query(span: &tracing::Span, result: &Result<db::QueryResult, db::QueryError>) {
+    match result {
+        Ok(r) => span.record("db.response.returned_rows", r.rows.len() as u64).record("sluice.outcome", "ok"),
+        Err(e) => span.record("sluice.outcome", e.outcome()).record("otel.status_code", "error"),
+    };
 }
 
 impl log::Host for ToolState {

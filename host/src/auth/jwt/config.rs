@@ -136,7 +136,7 @@ pub(super) fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
 }
 
 /// https, or http to a loopback address.
-fn check_url(u: &str) -> Result<(), String> {
+pub(crate) fn check_url(u: &str) -> Result<(), String> {
     let url = reqwest::Url::parse(u).map_err(|e| format!("{u:?}: {e}"))?;
     match url.scheme() {
         "https" => Ok(()),

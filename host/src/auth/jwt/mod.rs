@@ -30,6 +30,7 @@ use config::parse_algorithm;
 
 mod config;
 pub use config::{IssuerConfig, JwtConfig};
+pub(crate) use config::check_url;
 
 /// Why a JWT was refused: `reason` is a stable label (audit lines, metrics), `detail` says more.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -432,7 +433,7 @@ fn identity(c: &IssuerConfig, claims: &Value, digest: &[u8; 32]) -> Identity {
 }
 
 /// An HTTP client for JWKS: the public web roots, plus `ca_file`'s certificates.
-fn http_client(ca_file: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
+pub(crate) fn http_client(ca_file: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
     let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
     if let Some(path) = ca_file {
         let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
