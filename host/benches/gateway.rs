@@ -8,6 +8,9 @@
 //! 3. `GET /api/v2/health` with a JWT bearer (EdDSA, from a JWKS file issuer) instead of the static
 //!    one: its ratio to the bare route must stay within 0.05 of the static bearer's (a verified
 //!    token is cached until it expires, so only the first request of a token pays the signature).
+//! 4. Health and the trivial tool on a second gateway with traces on at a 1 % sample ratio
+//!    (exported over OTLP/HTTP to a collector stand-in on loopback): their ratios to the bare
+//!    route must stay within 0.05 of the first gateway's, which has traces off.
 //!
 //! The load generator keeps `CONNECTIONS` HTTP/1.1 keep-alive connections busy for each round;
 //! rounds of the contenders are interleaved and the median round is compared. Two load
@@ -47,7 +50,7 @@ fn main() {
 
     // The servers run on their own runtime; the load generator on another.
     let server_rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let (bare, full, auth_ns) = server_rt.block_on(async {
+    let (bare, full, traced, auth_ns) = server_rt.block_on(async {
         // The baseline answers what /api/v2/health answers, so the comparison measures the stack.
         let bare = serve(axum::Router::new().route(
             "/bare",
@@ -77,7 +80,8 @@ fn main() {
         let full = serve(gateway.api()).await;
         let auth_ns = [TOKEN.to_owned(), long_static_token(), jwt::token()].map(|t| auth_cost(&gateway.state.auth, &t));
         std::mem::forget(gateway);
-        (bare, full, auth_ns)
+        let traced = traced_gateway(&config, &scratch).await;
+        (bare, full, traced, auth_ns)
     });
 
     let load_rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
@@ -90,6 +94,8 @@ fn main() {
     );
     let jwt_req = format!("GET /api/v2/health HTTP/1.1\r\nHost: {full}\r\nAuthorization: Bearer {}\r\n\r\n", jwt::token());
     let long_req = format!("GET /api/v2/health HTTP/1.1\r\nHost: {full}\r\nAuthorization: Bearer {}\r\n\r\n", long_static_token());
+    let traced_health_req = health_req.replace(&full.to_string(), &traced.to_string());
+    let traced_tool_req = tool_req.replace(&full.to_string(), &traced.to_string());
     println!("load: {CONNECTIONS} keep-alive connections, {ROUNDS} interleaved rounds of {ROUND:?}, median round");
     let only = std::env::var("SLUICE_BENCH_ONLY").unwrap_or_default();
     if only.is_empty() {
@@ -108,7 +114,8 @@ fn main() {
         println!("-- load generator: minimal (pre-built requests on raw sockets)");
     }
     let (mut b, mut h, mut t, mut j, mut l) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    // SLUICE_BENCH_ONLY=bare|health|tool|jwt runs one contender (minimal load generator), for profiling.
+    let (mut th, mut tt) = (Vec::new(), Vec::new());
+    // SLUICE_BENCH_ONLY=bare|health|tool|jwt|traced runs one contender (minimal load generator), for profiling.
     for _ in 0..ROUNDS {
         if only.is_empty() || only == "bare" {
             b.push(load_rt.block_on(drive(bare, &bare_req)));
@@ -123,9 +130,13 @@ fn main() {
             j.push(load_rt.block_on(drive(full, &jwt_req)));
             l.push(load_rt.block_on(drive(full, &long_req)));
         }
+        if only.is_empty() || only == "traced" {
+            th.push(load_rt.block_on(drive(traced, &traced_health_req)));
+            tt.push(load_rt.block_on(drive(traced, &traced_tool_req)));
+        }
     }
     if !only.is_empty() {
-        for (name, r) in [("bare", b), ("health", h), ("tool", t), ("jwt", j)] {
+        for (name, r) in [("bare", b), ("health", h), ("tool", t), ("jwt", j), ("traced health", th), ("traced tool", tt)] {
             if !r.is_empty() {
                 report(name, &median(r), None);
             }
@@ -133,6 +144,7 @@ fn main() {
         return;
     }
     let (b, h, t, j, l) = (median(b), median(h), median(t), median(j), median(l));
+    let (th, tt) = (median(th), median(tt));
     let (jwt_diff, long_diff) = ((j.rps - h.rps) / b.rps, (l.rps - h.rps) / b.rps);
     report("bare axum GET /bare", &b, None);
     report("full stack GET /api/v2/health", &h, Some((&b, 0.85)));
@@ -141,6 +153,16 @@ fn main() {
     report("  the same, a static bearer as long as the JWT", &l, Some((&b, 0.85)));
     println!("JWT bearer vs static bearer, ratio to bare: difference {jwt_diff:+.3} (target: within 0.05)");
     println!("  of which the longer header alone (static bearer as long as the JWT): {long_diff:+.3}");
+    report("traces on (1 %) GET /api/v2/health", &th, Some((&b, 0.85)));
+    report("traces on (1 %) POST /api/v2/tools/test.trivial", &tt, Some((&b, 0.5)));
+    let stats = sluice::telemetry::stats();
+    println!(
+        "traces on (1 %) vs off, ratio to bare: health {:+.3}, tool {:+.3} (target: within 0.05); spans exported {}, dropped {}",
+        (th.rps - h.rps) / b.rps,
+        (tt.rps - t.rps) / b.rps,
+        stats.exported,
+        stats.dropped_queue_full + stats.dropped_export_failed,
+    );
     // The same question without the machine's noise: what authentication itself costs per request.
     let [short, long, jwt] = auth_ns;
     println!(
@@ -154,6 +176,24 @@ fn main() {
     let _ = std::fs::remove_dir_all(&scratch);
 }
 
+/// A second gateway like `config`'s, with traces on at 1 % to a collector stand-in on loopback
+/// (it answers every export with an empty success); the trace layer goes into this process's
+/// subscriber, as `sluice serve` installs it.
+async fn traced_gateway(config: &Config, scratch: &Path) -> SocketAddr {
+    use tracing_subscriber::prelude::*;
+    let collector = serve(axum::Router::new().route("/v1/traces", axum::routing::post(|| async { "" }))).await;
+    let mut config = config.clone();
+    config.database.path = scratch.join("traced.duckdb");
+    config.traces = toml::from_str(&format!("endpoint = \"http://{collector}/v1/traces\"\nsample_ratio = 0.01\n")).unwrap();
+    let layer = sluice::telemetry::install(&config.traces).unwrap();
+    tracing_subscriber::registry().with(layer).init();
+    let auth = AuthSource::Static(vec![AclEntry::token("bench", TOKEN, &[])]);
+    let audit = sluice::audit::AuditLog::file(Path::new("/dev/null")).unwrap();
+    let gateway = Gateway::build(&config, auth, audit).unwrap();
+    let addr = serve(gateway.api()).await;
+    std::mem::forget(gateway);
+    addr
+}
 
 /// Serves `app` as the gateway serves its API (with the peer address as `ConnectInfo`).
 async fn serve<S>(app: S) -> SocketAddr

@@ -46,34 +46,6 @@ impl Cli {
     }
 }
 
-/// What is logged unless `SLUICE_LOG` says otherwise: Sluice at INFO, the libraries it uses at
-/// WARN (the MCP library logs three INFO lines per stateless request: noise that drowns the
-/// audit trail and costs CPU).
-const DEFAULT_LOG_FILTER: &str = "info,rmcp=warn";
-
-/// Logs to stderr in `format`, filtered by `SLUICE_LOG` (default `info`). Text has colours only
-/// on a terminal, so a log written to a file or a pipe (systemd, Kubernetes) is plain text.
-/// With `traces`, spans of `sluice::trace` also go to the trace exporter, whatever `SLUICE_LOG`
-/// says (each layer has its own filter).
-fn init_logging(format: sluice::config::LogFormat, traces: Option<&sluice::telemetry::TracesConfig>) -> anyhow::Result<()> {
-    use std::io::IsTerminal as _;
-    use tracing_subscriber::prelude::*;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| DEFAULT_LOG_FILTER.into());
-    // Trace spans are not log context: log lines stay the same whether a request is traced.
-    let filter = filter.add_directive(format!("{}=off", sluice::telemetry::TARGET).parse()?);
-    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let logs = match format {
-        sluice::config::LogFormat::Json => logs.json().boxed(),
-        sluice::config::LogFormat::Text => {
-            let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-            logs.with_ansi(std::io::stderr().is_terminal() && !no_color).boxed()
-        }
-    };
-    let traces = traces.map(sluice::telemetry::install).transpose().context("starting the trace exporter ([traces])")?;
-    tracing_subscriber::registry().with(traces).with(logs.with_filter(filter)).init();
-    Ok(())
-}
-
 #[derive(Subcommand)]
 enum Command {
     /// Serve the API and health listeners.
@@ -276,7 +248,7 @@ fn load_config(common: &Common) -> anyhow::Result<Config> {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let (format, traces) = cli.logging();
-    if let Err(e) = init_logging(format, traces.as_ref()) {
+    if let Err(e) = sluice::telemetry::init_logging(format, traces.as_ref()) {
         eprintln!("sluice: {e:#}");
         return std::process::ExitCode::FAILURE;
     }

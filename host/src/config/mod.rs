@@ -473,6 +473,7 @@ mod tests {
         assert_eq!(format!("{:?}", example.server), format!("{:?}", d.server));
         assert_eq!(format!("{:?}", example.database), format!("{:?}", d.database));
         assert_eq!(format!("{:?}", example.ingest), format!("{:?}", d.ingest));
+        assert_eq!(format!("{:?}", example.traces), format!("{:?}", d.traces));
         let (e, d) = (&example.plugins, &d.plugins);
         assert_eq!((&e.dir, &e.cache_dir, e.watch, e.memory_limit, e.deadline), (&d.dir, &d.cache_dir, d.watch, d.memory_limit, d.deadline));
         assert_eq!(e.max_concurrent_calls, d.max_concurrent_calls);

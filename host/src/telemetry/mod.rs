@@ -11,6 +11,7 @@
 
 mod config;
 mod export;
+mod logging;
 
 use std::sync::OnceLock;
 
@@ -21,6 +22,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 pub use config::TracesConfig;
 pub use export::{ExportStats, stats};
+pub use logging::init_logging;
 
 /// The `tracing` target of every span that becomes an OpenTelemetry span.
 pub const TARGET: &str = "sluice::trace";
@@ -217,7 +219,7 @@ pub fn current_child_or_root(span: impl FnOnce(&tracing::Span) -> tracing::Span)
     let current = tracing::Span::current();
     match current.metadata() {
         Some(m) if m.target() == TARGET => span(&current),
-        _ if traces.sample_root(crate::caller::RequestId::generate().as_u64()) => span(&tracing::Span::none()),
+        _ if traces.sample_root(getrandom::u64().unwrap_or(u64::MAX)) => span(&tracing::Span::none()),
         _ => tracing::Span::none(),
     }
 }
