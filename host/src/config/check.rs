@@ -42,6 +42,14 @@ impl Config {
                 need(&format!("auth.jwt.issuers[{i}].ca_file"), p, "file");
             }
         }
+        if let Some(p) = &self.traces.ca_file {
+            need("traces.ca_file", p, "file");
+        }
+        for (name, source) in &self.traces.headers {
+            if let Some(p) = source.strip_prefix("file:") {
+                need(&format!("traces.headers.{name}"), Path::new(p), "file");
+            }
+        }
         if let Some(p) = &self.server.tls_cert {
             need("server.tls_cert", p, "file");
         }
