@@ -36,7 +36,10 @@ mod jwt;
 
 const CONNECTIONS: usize = 32;
 const ROUND: Duration = Duration::from_secs(2);
-const ROUNDS: usize = 5;
+/// Rounds per contender (`SLUICE_BENCH_ROUNDS` overrides).
+fn rounds() -> usize {
+    std::env::var("SLUICE_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(5)
+}
 const TOKEN: &str = "bench-token-7d1e0c";
 
 fn main() {
@@ -96,12 +99,16 @@ fn main() {
     let long_req = format!("GET /api/v2/health HTTP/1.1\r\nHost: {full}\r\nAuthorization: Bearer {}\r\n\r\n", long_static_token());
     let traced_health_req = health_req.replace(&full.to_string(), &traced.to_string());
     let traced_tool_req = tool_req.replace(&full.to_string(), &traced.to_string());
-    println!("load: {CONNECTIONS} keep-alive connections, {ROUNDS} interleaved rounds of {ROUND:?}, median round");
+    // Every request traced (a caller's sampled traceparent): what one traced request costs.
+    let sampled = "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n";
+    let forced_health_req = traced_health_req.replacen("\r\n", &format!("\r\n{sampled}"), 1);
+    let forced_tool_req = traced_tool_req.replacen("\r\n", &format!("\r\n{sampled}"), 1);
+    println!("load: {CONNECTIONS} keep-alive connections, {} interleaved rounds of {ROUND:?}, median round", rounds());
     let only = std::env::var("SLUICE_BENCH_ONLY").unwrap_or_default();
     if only.is_empty() {
         // The second load generator: a common HTTP client.
         let (mut b, mut h, mut t) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
+        for _ in 0..rounds() {
             b.push(load_rt.block_on(drive_client(format!("http://{bare}/bare"), None, None)));
             h.push(load_rt.block_on(drive_client(format!("http://{full}/api/v2/health"), Some(TOKEN), None)));
             t.push(load_rt.block_on(drive_client(format!("http://{full}/api/v2/tools/test.trivial"), Some(TOKEN), Some(body))));
@@ -114,16 +121,16 @@ fn main() {
         println!("-- load generator: minimal (pre-built requests on raw sockets)");
     }
     let (mut b, mut h, mut t, mut j, mut l) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut th, mut tt) = (Vec::new(), Vec::new());
+    let (mut th, mut tt, mut fh, mut ft) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     // SLUICE_BENCH_ONLY=bare|health|tool|jwt|traced runs one contender (minimal load generator), for profiling.
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds() {
         if only.is_empty() || only == "bare" {
             b.push(load_rt.block_on(drive(bare, &bare_req)));
         }
-        if only.is_empty() || only == "health" {
+        if only.is_empty() || only == "health" || only == "traced" {
             h.push(load_rt.block_on(drive(full, &health_req)));
         }
-        if only.is_empty() || only == "tool" {
+        if only.is_empty() || only == "tool" || only == "traced" {
             t.push(load_rt.block_on(drive(full, &tool_req)));
         }
         if only.is_empty() || only == "jwt" {
@@ -133,7 +140,19 @@ fn main() {
         if only.is_empty() || only == "traced" {
             th.push(load_rt.block_on(drive(traced, &traced_health_req)));
             tt.push(load_rt.block_on(drive(traced, &traced_tool_req)));
+            fh.push(load_rt.block_on(drive(traced, &forced_health_req)));
+            ft.push(load_rt.block_on(drive(traced, &forced_tool_req)));
         }
+    }
+    if only == "traced" {
+        // Traces on against off, without the other contenders: more rounds, less noise.
+        let (h, t, th, tt, fh, ft) = (median(h), median(t), median(th), median(tt), median(fh), median(ft));
+        report("traces off GET /api/v2/health", &h, None);
+        report("traces on (1 %) GET /api/v2/health", &th, Some((&h, 0.95)));
+        report("traces off POST /api/v2/tools/test.trivial", &t, None);
+        report("traces on (1 %) POST /api/v2/tools/test.trivial", &tt, Some((&t, 0.95)));
+        trace_costs(None, (&h, &th, &fh), (&t, &tt, &ft));
+        return;
     }
     if !only.is_empty() {
         for (name, r) in [("bare", b), ("health", h), ("tool", t), ("jwt", j), ("traced health", th), ("traced tool", tt)] {
@@ -144,7 +163,7 @@ fn main() {
         return;
     }
     let (b, h, t, j, l) = (median(b), median(h), median(t), median(j), median(l));
-    let (th, tt) = (median(th), median(tt));
+    let (th, tt, fh, ft) = (median(th), median(tt), median(fh), median(ft));
     let (jwt_diff, long_diff) = ((j.rps - h.rps) / b.rps, (l.rps - h.rps) / b.rps);
     report("bare axum GET /bare", &b, None);
     report("full stack GET /api/v2/health", &h, Some((&b, 0.85)));
@@ -155,14 +174,7 @@ fn main() {
     println!("  of which the longer header alone (static bearer as long as the JWT): {long_diff:+.3}");
     report("traces on (1 %) GET /api/v2/health", &th, Some((&b, 0.85)));
     report("traces on (1 %) POST /api/v2/tools/test.trivial", &tt, Some((&b, 0.5)));
-    let stats = sluice::telemetry::stats();
-    println!(
-        "traces on (1 %) vs off, ratio to bare: health {:+.3}, tool {:+.3} (target: within 0.05); spans exported {}, dropped {}",
-        (th.rps - h.rps) / b.rps,
-        (tt.rps - t.rps) / b.rps,
-        stats.exported,
-        stats.dropped_queue_full + stats.dropped_export_failed,
-    );
+    trace_costs(Some(&b), (&h, &th, &fh), (&t, &tt, &ft));
     // The same question without the machine's noise: what authentication itself costs per request.
     let [short, long, jwt] = auth_ns;
     println!(
@@ -176,6 +188,34 @@ fn main() {
     let _ = std::fs::remove_dir_all(&scratch);
 }
 
+/// Traces on (1 %) against off, measured, and the same question without the machine's noise:
+/// what one traced request costs (every request traced by its caller's `traceparent`), times
+/// the sample ratio. Each triple is (off, on at 1 %, every request traced).
+fn trace_costs(bare: Option<&Round>, health: (&Round, &Round, &Round), tool: (&Round, &Round, &Round)) {
+    let stats = sluice::telemetry::stats();
+    if let Some(b) = bare {
+        println!(
+            "traces on (1 %) vs off, ratio to bare: health {:+.3}, tool {:+.3} (target: within 0.05)",
+            (health.1.rps - health.0.rps) / b.rps,
+            (tool.1.rps - tool.0.rps) / b.rps,
+        );
+    }
+    for (what, (off, _, all)) in [("health", health), ("tool", tool)] {
+        let (per_off, per_all) = (1e6 / off.rps, 1e6 / all.rps);
+        let extra = per_all - per_off;
+        // At a ratio of 1 %, a request costs `extra` one time in a hundred.
+        let at_one_percent = per_off / (per_off + extra / 100.0);
+        println!(
+            "  {what}: every request traced {:.0} req/s vs off {:.0}: a traced request costs {extra:+.1} µs of a {per_off:.1} µs \
+             request (both cores); at 1 %: {:+.1} µs per request, throughput x{at_one_percent:.4}",
+            all.rps,
+            off.rps,
+            extra / 100.0,
+        );
+    }
+    println!("  spans exported {}, dropped {}", stats.exported, stats.dropped_queue_full + stats.dropped_export_failed);
+}
+
 /// A second gateway like `config`'s, with traces on at 1 % to a collector stand-in on loopback
 /// (it answers every export with an empty success); the trace layer goes into this process's
 /// subscriber, as `sluice serve` installs it.
@@ -184,7 +224,8 @@ async fn traced_gateway(config: &Config, scratch: &Path) -> SocketAddr {
     let collector = serve(axum::Router::new().route("/v1/traces", axum::routing::post(|| async { "" }))).await;
     let mut config = config.clone();
     config.database.path = scratch.join("traced.duckdb");
-    config.traces = toml::from_str(&format!("endpoint = \"http://{collector}/v1/traces\"\nsample_ratio = 0.01\n")).unwrap();
+    let ratio = std::env::var("SLUICE_BENCH_TRACE_RATIO").unwrap_or_else(|_| "0.01".into());
+    config.traces = toml::from_str(&format!("endpoint = \"http://{collector}/v1/traces\"\nsample_ratio = {ratio}\n")).unwrap();
     let layer = sluice::telemetry::install(&config.traces).unwrap();
     tracing_subscriber::registry().with(layer).init();
     let auth = AuthSource::Static(vec![AclEntry::token("bench", TOKEN, &[])]);
