@@ -23,6 +23,7 @@ struct Span {
     trace_id: String,
     span_id: String,
     parent: String,
+    trace_state: String,
     name: String,
     kind: i32,
     attrs: HashMap<String, String>,
@@ -46,6 +47,7 @@ fn spans(rx: &Receiver) -> Vec<Span> {
                     trace_id: hex::encode(&s.trace_id),
                     span_id: hex::encode(&s.span_id),
                     parent: hex::encode(&s.parent_span_id),
+                    trace_state: s.trace_state,
                     name: s.name,
                     kind: s.kind,
                     attrs,
@@ -159,6 +161,7 @@ async fn a_rest_tool_call_is_one_trace_joined_to_the_callers_traceparent() {
         assert_eq!(request.attrs["http.request.method"], "POST");
         assert_eq!(request.attrs["http.response.status_code"], "200");
         assert_eq!(request.service, "sluice");
+        assert_eq!(request.trace_state, "vendor=abc", "the caller's tracestate goes on with its trace");
         assert_eq!(header, format!("00-{trace_id}-{}-01", request.span_id), "traceresponse names the trace and the request span");
 
         let auth = one(&spans, "authenticate");
