@@ -84,10 +84,10 @@ where
 
 /// Sends what is queued, within the export timeout (at the end of a drain, and for tests).
 pub fn flush() {
-    if let Some(t) = active() {
-        if let Err(e) = t.provider.force_flush() {
-            tracing::warn!(error = %e, "Could not send the last spans.");
-        }
+    if let Some(t) = active()
+        && let Err(e) = t.provider.force_flush()
+    {
+        tracing::warn!(error = %e, "Could not send the last spans.");
     }
 }
 
