@@ -26,6 +26,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod ratelimit;
 pub mod reload;
+pub mod secret;
 pub mod runtime;
 pub mod serve;
 pub mod telemetry;

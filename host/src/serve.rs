@@ -24,6 +24,14 @@ pub struct Gateway {
     pub watchers: Vec<notify::RecommendedWatcher>,
 }
 
+/// What the database is, for the log: the file, or the lake's data path.
+fn db_name(config: &Config) -> String {
+    match config.database.backend {
+        crate::config::Backend::File => config.database.path.display().to_string(),
+        crate::config::Backend::Ducklake => format!("ducklake {}", config.database.ducklake.data_path),
+    }
+}
+
 /// The bearer source the configuration names.
 pub fn auth_source(config: &Config) -> anyhow::Result<AuthSource> {
     match (&config.auth.bearer_acl_file, &config.auth.token_file) {
@@ -172,7 +180,7 @@ pub async fn serve_gateway(config: &Config, gateway: Gateway, audit: AuditLog) -
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let registry = gateway.runtime().registry();
-    tracing::info!(api = %api_addr, health = %health_addr, tools = registry.tools().count(), db = %config.database.path.display(), plugins = %config.plugins.dir.display(), "Sluice is serving.");
+    tracing::info!(api = %api_addr, health = %health_addr, tools = registry.tools().count(), db = %db_name(config), plugins = %config.plugins.dir.display(), "Sluice is serving.");
     // One machine-readable line on stdout, for scripts and tests that bind port 0.
     println!("sluice listening api={scheme}://{api_addr} health={scheme}://{health_addr}");
     drop(registry);

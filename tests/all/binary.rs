@@ -58,6 +58,14 @@ impl Server {
     }
 }
 
+impl Server {
+    /// `GET /metrics` with the token.
+    pub(crate) async fn metrics(&self) -> String {
+        let r = reqwest::Client::new().get(format!("{}/metrics", self.api)).bearer_auth(TOKEN).send().await.unwrap();
+        r.text().await.unwrap()
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -265,6 +265,12 @@ async fn the_release_bundle_serves_the_demo_with_a_bare_environment_and_its_own_
     for f in ["bin/sluice", "lib/libduckdb.so", "plugins/fleet-cluster-summary.wasm", "sinks/kafka.wasm", "etc/sluice.toml", "systemd/sluice.service"] {
         assert!(unpacked.join(f).is_file(), "the bundle has no {f}");
     }
+    // The ducklake backend's extensions, where the binary looks for them by default.
+    let found = Command::new("find").arg(unpacked.join("lib/duckdb-extensions")).args(["-name", "*.duckdb_extension"]).output().unwrap();
+    let found = text(&found.stdout);
+    for ext in ["ducklake", "httpfs", "postgres_scanner"] {
+        assert!(found.contains(&format!("/linux_amd64/{ext}.duckdb_extension")), "the bundle has no {ext} extension: {found}");
+    }
     let bin = unpacked.join("bin/sluice");
     let bare = |cmd: &mut Command| {
         cmd.env_clear().env("PATH", "/usr/bin:/bin").env("SLUICE_LOG", "warn").current_dir(work.path());

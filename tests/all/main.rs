@@ -15,6 +15,7 @@ mod hostile;
 mod hot_swap;
 mod jwt;
 mod kafka;
+mod lake;
 mod mcp;
 mod monitoring;
 mod otlp;

@@ -142,15 +142,7 @@ async fn a_real_mcp_client_initializes_lists_and_calls_tools_with_the_bearer() {
         assert!(err.contains("401") || err.to_lowercase().contains("auth"), "{err}");
     }
     // Each MCP call is audited like a REST call; the HTTP requests went through the front door.
-    let metrics = reqwest::Client::new()
-        .get(format!("{}/metrics", server.api))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(metrics.contains("route=\"/mcp\""), "{metrics}");
 }
 

@@ -12,13 +12,13 @@ use sluice::config::{ByteSize, ExportBinding, ExportConfigEntry, HumanDuration, 
 use crate::common::{GatewayOptions, TempDir, TestGateway, component};
 
 /// moto's S3 server on a free loopback port, stopped on drop.
-struct Moto {
+pub(crate) struct Moto {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Moto {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let dir = std::env::var("SLUICE_MOTO_DIR")
             .expect("SLUICE_MOTO_DIR is not set: run the tests with `scripts/dev test`, which installs moto");
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

@@ -33,7 +33,31 @@ fn snapshot(dir: &Path) -> BTreeMap<String, (u64, SystemTime)> {
 
 #[tokio::test]
 async fn sql_answers_positional_rows_that_match_the_tools_counts() {
-    let gw = TestGateway::start(GatewayOptions::default());
+    answers(GatewayOptions::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_the_lake_sql_answers_like_on_a_file() {
+    let lake = crate::lake::Lake::start().await;
+    answers(lake.options(GatewayOptions::default())).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_the_lake_every_statement_that_is_not_a_read_is_refused() {
+    let lake = crate::lake::Lake::start().await;
+    sandbox(lake.options(GatewayOptions::default())).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_the_lake_the_timeout_the_row_cap_and_scoped_bearers_hold() {
+    let lake = crate::lake::Lake::start().await;
+    timeout(lake.options(GatewayOptions::default())).await;
+    row_cap(lake.options(GatewayOptions::default())).await;
+    refusals(lake.options(GatewayOptions::default())).await;
+}
+
+async fn answers(opts: GatewayOptions) {
+    let gw = TestGateway::start(opts);
     let r = sql(&gw, "SELECT cluster_id, count(*) AS n FROM events GROUP BY 1 ORDER BY 1").await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["columns"], json!(["cluster_id", "n"]));
@@ -70,7 +94,11 @@ async fn sql_answers_positional_rows_that_match_the_tools_counts() {
 
 #[tokio::test]
 async fn every_statement_that_is_not_a_read_is_refused_and_nothing_on_disk_changes() {
-    let gw = TestGateway::start(GatewayOptions::default());
+    sandbox(GatewayOptions::default()).await;
+}
+
+async fn sandbox(opts: GatewayOptions) {
+    let gw = TestGateway::start(opts);
     let dir = gw.dir.path().to_owned();
     let count = |r: &crate::common::Reply| r.body["rows"][0][0].as_i64().unwrap();
     let before_rows = count(&sql(&gw, "SELECT count(*) FROM events").await);
@@ -118,6 +146,20 @@ async fn every_statement_that_is_not_a_read_is_refused_and_nothing_on_disk_chang
         format!("SELECT count(*) FROM (FROM read_text('{}/sluice.duckdb'))", dir.display()),
         "SELECT * FROM query('SELECT 1')".into(),
         "SELECT * FROM query_table('events')".into(),
+        // The lake's own ways out: its catalog database, its table functions, its files, and
+        // PostgreSQL through the catalog's connection.
+        "SELECT * FROM __ducklake_metadata_lake.ducklake_data_file".into(),
+        "SELECT * FROM __ducklake_metadata_lake.public.ducklake_snapshot".into(),
+        "SELECT * FROM ducklake_snapshots('lake')".into(),
+        "SELECT * FROM ducklake_table_info('lake')".into(),
+        "CALL ducklake_expire_snapshots('lake', older_than => now())".into(),
+        "SELECT * FROM postgres_query('__ducklake_metadata_lake', 'DROP TABLE ducklake_snapshot')".into(),
+        "CALL postgres_execute('__ducklake_metadata_lake', 'DROP TABLE ducklake_snapshot')".into(),
+        "SELECT * FROM read_parquet('s3://lake/fleet/**/*.parquet')".into(),
+        "SELECT * FROM 's3://lake/fleet/x.parquet'".into(),
+        "ATTACH 'ducklake:postgres:dbname=postgres' AS other".into(),
+        "DETACH lake".into(),
+        "USE memory".into(),
     ];
     let mut wrong = Vec::new();
     for statement in &refused {
@@ -141,10 +183,18 @@ async fn every_statement_that_is_not_a_read_is_refused_and_nothing_on_disk_chang
 
 #[tokio::test]
 async fn a_statement_past_the_timeout_is_interrupted_and_the_next_one_runs() {
+    timeout(GatewayOptions::default()).await;
+}
+
+async fn timeout(opts: GatewayOptions) {
+    let prev = opts.configure;
     let gw = TestGateway::start(GatewayOptions {
         seed: false,
-        configure: Box::new(|c| c.database.query_timeout = HumanDuration(Duration::from_millis(400))),
-        ..Default::default()
+        configure: Box::new(move |c| {
+            prev(c);
+            c.database.query_timeout = HumanDuration(Duration::from_millis(400));
+        }),
+        ..opts
     });
     let started = Instant::now();
     let r = sql(&gw, "SELECT sum(a.range * b.range) FROM range(200000) a, range(200000) b").await;
@@ -158,10 +208,18 @@ async fn a_statement_past_the_timeout_is_interrupted_and_the_next_one_runs() {
 
 #[tokio::test]
 async fn answers_stop_at_the_row_cap_and_say_so() {
+    row_cap(GatewayOptions::default()).await;
+}
+
+async fn row_cap(opts: GatewayOptions) {
+    let prev = opts.configure;
     let gw = TestGateway::start(GatewayOptions {
         seed: false,
-        configure: Box::new(|c| c.database.max_rows = 5),
-        ..Default::default()
+        configure: Box::new(move |c| {
+            prev(c);
+            c.database.max_rows = 5;
+        }),
+        ..opts
     });
     let r = sql(&gw, "SELECT * FROM range(10)").await;
     assert_eq!(r.status, 200, "{}", r.text);
@@ -173,7 +231,11 @@ async fn answers_stop_at_the_row_cap_and_say_so() {
 
 #[tokio::test]
 async fn tenant_scoped_bearers_and_bad_bodies_are_refused() {
-    let gw = TestGateway::start(GatewayOptions { seed: false, ..Default::default() });
+    refusals(GatewayOptions::default()).await;
+}
+
+async fn refusals(opts: GatewayOptions) {
+    let gw = TestGateway::start(GatewayOptions { seed: false, ..opts });
     let body = json!({"sql": "SELECT 1"}).to_string();
     let r = gw.request_with(Some(&format!("Bearer {TENANT_TOKEN}")), "POST", "/api/v2/sql", Some(&body)).await;
     r.assert_error(403, "tenant_scoped_bearer_refused");

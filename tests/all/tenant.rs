@@ -24,8 +24,19 @@ async fn run(gw: &TestGateway, token: &str, sql: &str) -> (u16, Value) {
 
 #[tokio::test]
 async fn a_scoped_bearers_plugin_queries_see_only_its_clusters_whatever_they_name() {
-    let gw = TestGateway::start(GatewayOptions::default().with_hostile());
-    // The database's catalog is named after its file (sluice.duckdb).
+    scoped_queries(GatewayOptions::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_the_lake_a_scoped_bearers_plugin_queries_see_only_its_clusters() {
+    let lake = crate::lake::Lake::start().await;
+    scoped_queries(lake.options(GatewayOptions::default())).await;
+}
+
+async fn scoped_queries(opts: GatewayOptions) {
+    let gw = TestGateway::start(opts.with_hostile());
+    // The database's catalog is named after its file (sluice.duckdb), or `lake` on the lake
+    // (whose catalog database DuckLake attaches as __ducklake_metadata_lake).
     let attempts: &[(&str, Expect)] = &[
         ("SELECT DISTINCT cluster_id FROM events", Expect::OnlyMine),
         ("SELECT DISTINCT cluster_id FROM main.events", Expect::OnlyMine),
@@ -53,6 +64,13 @@ async fn a_scoped_bearers_plugin_queries_see_only_its_clusters_whatever_they_nam
         ("SELECT * FROM pg_catalog.pg_class", Expect::Refused),
         ("SELECT * FROM read_csv('/etc/passwd')", Expect::Refused),
         ("DESCRIBE sluice.main.events", Expect::Refused),
+        ("SELECT DISTINCT cluster_id FROM lake.main.events", Expect::Refused),
+        ("SELECT DISTINCT cluster_id FROM lake.events", Expect::Refused),
+        ("SELECT * FROM __ducklake_metadata_lake.ducklake_data_file", Expect::Refused),
+        ("SELECT * FROM __ducklake_metadata_lake.public.ducklake_snapshot", Expect::Refused),
+        ("SELECT * FROM ducklake_snapshots('lake')", Expect::Refused),
+        ("SELECT * FROM postgres_query('__ducklake_metadata_lake', 'SELECT 1')", Expect::Refused),
+        ("SELECT * FROM read_parquet('s3://lake/fleet/**/*.parquet')", Expect::Refused),
         ("SUMMARIZE sluice.main.events", Expect::Refused),
     ];
     let mut failures = Vec::new();

@@ -321,15 +321,7 @@ async fn exports_and_ingest_are_traced_with_each_sink_delivery_and_part() {
 }
 
 async fn metric(server: &Server, name: &str) -> f64 {
-    let text = reqwest::Client::new()
-        .get(format!("{}/metrics", server.api))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.metrics().await;
     text.lines()
         .find(|l| l.starts_with(name))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())

@@ -21,7 +21,16 @@ impl Config {
             }
         };
         let dir_of = |p: &Path| p.parent().filter(|d| !d.as_os_str().is_empty()).map(Path::to_owned);
-        if let Some(d) = dir_of(&self.database.path) {
+        if self.database.backend == super::Backend::Ducklake {
+            let lake = self.database.ducklake.to_options();
+            need("database.ducklake.extension_directory", &lake.extension_directory, "directory");
+            let secrets = [("catalog", Some(&lake.catalog)), ("s3.key_id", lake.s3.key_id.as_ref()), ("s3.secret", lake.s3.secret.as_ref())];
+            for (key, source) in secrets {
+                if let Some(p) = source.and_then(|s| s.strip_prefix("file:")) {
+                    need(&format!("database.ducklake.{key}"), Path::new(p), "file");
+                }
+            }
+        } else if let Some(d) = dir_of(&self.database.path) {
             need("database.path", &d, "directory");
         }
         need("plugins.dir", &self.plugins.dir, "directory");

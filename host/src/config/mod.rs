@@ -12,8 +12,10 @@ use anyhow::Context as _;
 use serde::Deserialize;
 
 mod check;
+mod lake;
 mod units;
 pub use units::{ByteSize, HumanDuration};
+pub use lake::{Backend, LakeConfig, S3Config};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -311,6 +313,10 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
+    /// `file` (the DuckDB file at `path`, the default) or `ducklake` (`[database.ducklake]`).
+    pub backend: lake::Backend,
+    /// The lake of the `ducklake` backend.
+    pub ducklake: lake::LakeConfig,
     /// The DuckDB file; created with the `events` table when missing.
     pub path: PathBuf,
     /// Read-only connections kept for tools and SQL.
@@ -327,6 +333,8 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         let d = crate::db::DbOptions::default();
         Self {
+            backend: lake::Backend::File,
+            ducklake: lake::LakeConfig::default(),
             path: d.path,
             read_pool_size: d.read_pool_size,
             max_memory: d.max_memory,
@@ -345,6 +353,7 @@ impl DatabaseConfig {
             max_memory: self.max_memory.clone(),
             query_timeout: self.query_timeout.0,
             max_rows: self.max_rows,
+            lake: (self.backend == lake::Backend::Ducklake).then(|| self.ducklake.to_options()),
         }
     }
 }
@@ -425,6 +434,9 @@ impl Config {
         );
         self.auth.jwt.check().map_err(anyhow::Error::msg)?;
         self.traces.check().map_err(anyhow::Error::msg)?;
+        if self.database.backend == lake::Backend::Ducklake {
+            self.database.ducklake.check().map_err(anyhow::Error::msg)?;
+        }
         anyhow::ensure!(self.rate_limit.requests_per_second >= 1, "rate_limit.requests_per_second must be at least 1");
         anyhow::ensure!(self.rate_limit.burst >= 1, "rate_limit.burst must be at least 1");
         anyhow::ensure!(self.limits.max_in_flight_per_bearer >= 1, "limits.max_in_flight_per_bearer must be at least 1");

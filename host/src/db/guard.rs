@@ -44,8 +44,14 @@ pub fn check_no_external(ast: &serde_json::Value) -> Result<(), QueryError> {
         J::Object(map) => {
             match map.get("type").and_then(J::as_str) {
                 Some("BASE_TABLE" | "SHOW_REF") => {
-                    let name = map.get("table_name").and_then(J::as_str).unwrap_or("");
-                    if name.contains(['/', '\\', ':', '.']) {
+                    let field = |k: &str| map.get(k).and_then(J::as_str).unwrap_or("");
+                    if field("table_name").contains(['/', '\\', ':', '.']) {
+                        return Err(QueryError::NotReadOnly);
+                    }
+                    // A lake's catalog database (PostgreSQL, attached by DuckLake under this
+                    // prefix): where the lake keeps file paths and snapshots, not data.
+                    let catalog = |k: &str| field(k).to_ascii_lowercase().starts_with("__ducklake_metadata");
+                    if catalog("catalog_name") || catalog("schema_name") {
                         return Err(QueryError::NotReadOnly);
                     }
                 }

@@ -16,6 +16,7 @@ use duckdb::types::Value as DuckValue;
 use duckdb::{Config, Connection};
 
 mod guard;
+pub mod lake;
 mod values;
 mod watchdog;
 
@@ -66,6 +67,8 @@ pub struct DbOptions {
     pub query_timeout: Duration,
     /// Most rows a read-only query may return.
     pub max_rows: u64,
+    /// The `ducklake` backend's lake; `None`: the DuckDB file at `path`.
+    pub lake: Option<lake::LakeOptions>,
 }
 
 impl Default for DbOptions {
@@ -76,6 +79,7 @@ impl Default for DbOptions {
             max_memory: "1GB".into(),
             query_timeout: Duration::from_secs(60),
             max_rows: 10_000,
+            lake: None,
         }
     }
 }
@@ -106,6 +110,26 @@ pub enum QueryError {
     InvalidParams(String),
     #[error("database error: {0}")]
     Internal(String),
+}
+
+/// The file backend: the DuckDB file at `opts.path`, created with the schema when missing, no
+/// file or network access, configuration locked.
+fn open_file(opts: &DbOptions) -> anyhow::Result<Connection> {
+    use anyhow::Context as _;
+    if let Some(parent) = opts.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating the directory for {}", opts.path.display()))?;
+    }
+    let config = Config::default()
+        .enable_external_access(false)?
+        .enable_autoload_extension(false)?
+        .max_memory(&opts.max_memory)?
+        .with("autoinstall_known_extensions", "false")?
+        .with("lock_configuration", "true")?;
+    let writer = Connection::open_with_flags(&opts.path, config).with_context(|| {
+        format!("opening DuckDB database {} (is another sluice process using it?)", opts.path.display())
+    })?;
+    writer.execute_batch(SCHEMA).context("creating the events table")?;
+    Ok(writer)
 }
 
 impl QueryError {
@@ -144,31 +168,19 @@ impl Database {
     /// Opens (or creates) the database file and makes sure the schema exists.
     pub fn open(opts: DbOptions) -> anyhow::Result<Self> {
         use anyhow::Context as _;
-        if let Some(parent) = opts.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating the directory for {}", opts.path.display()))?;
-        }
-        let config = Config::default()
-            .enable_external_access(false)?
-            .enable_autoload_extension(false)?
-            .max_memory(&opts.max_memory)?
-            .with("autoinstall_known_extensions", "false")?
-            .with("lock_configuration", "true")?;
-        let writer = Connection::open_with_flags(&opts.path, config).with_context(|| {
-            format!(
-                "opening DuckDB database {} (is another sluice process using it?)",
-                opts.path.display()
-            )
-        })?;
-        writer.execute_batch(SCHEMA).context("creating the events table")?;
+        let pool_size = opts.read_pool_size.max(1);
+        let (writer, pool) = match &opts.lake {
+            Some(lake) => lake::open(lake, &opts.max_memory, &lake::schema(SCHEMA), pool_size)?,
+            None => {
+                let writer = open_file(&opts)?;
+                let pool = (0..pool_size).map(|_| writer.try_clone().context("opening a read connection")).collect::<Result<_, _>>()?;
+                (writer, pool)
+            }
+        };
         let system_views: Vec<String> = writer
             .prepare("SELECT lower(view_name) FROM duckdb_views() WHERE database_name = 'system'")
             .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
             .context("listing DuckDB's system views")?;
-        let mut pool = Vec::with_capacity(opts.read_pool_size);
-        for _ in 0..opts.read_pool_size.max(1) {
-            pool.push(writer.try_clone().context("opening a read connection")?);
-        }
         Ok(Self {
             inner: Arc::new(DbInner {
                 system_views,
@@ -181,7 +193,7 @@ impl Database {
         })
     }
 
-    /// The database file.
+    /// The database file (of the file backend).
     pub fn path(&self) -> &Path {
         &self.inner.opts.path
     }

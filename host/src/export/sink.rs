@@ -4,7 +4,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::Context as _;
 use serde::Serialize;
 
 use super::envelope::{EnvelopeMeta, Part, Snapshot};
@@ -79,16 +78,7 @@ impl SinkHandle {
     pub(super) fn config(&self) -> anyhow::Result<SinkConfig> {
         let mut secrets = Vec::new();
         for (key, source) in &self.entry.secrets {
-            let value = if let Some(var) = source.strip_prefix("env:") {
-                std::env::var(var).with_context(|| format!("sink {}: secret {key}: environment variable {var} is not set", self.entry.name))?
-            } else if let Some(path) = source.strip_prefix("file:") {
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("sink {}: secret {key}: reading {path}", self.entry.name))?
-                    .trim()
-                    .to_owned()
-            } else {
-                anyhow::bail!("sink {}: secret {key} must be env:NAME or file:/path", self.entry.name)
-            };
+            let value = crate::secret::resolve(&format!("sink {}: secret {key}", self.entry.name), source)?;
             secrets.push((key.clone(), value));
         }
         Ok(SinkConfig {

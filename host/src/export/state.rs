@@ -56,18 +56,24 @@ pub fn load_all(db: &Database) -> anyhow::Result<Vec<SinkState>> {
     rows.collect::<Result<_, _>>().context("reading the export state")
 }
 
-/// Records a binding's state (insert or replace).
+/// Records a binding's state, replacing the previous one (delete and insert in one
+/// transaction: a lake has no primary keys to upsert on).
 pub fn save(db: &Database, s: &SinkState) -> anyhow::Result<()> {
-    let conn = db.writer();
+    let mut conn = db.writer();
     let ts = s.last_success_micros.map(|us| DuckValue::Timestamp(TimeUnit::Microsecond, us));
     let (class, message) = s.last_error.clone().unzip();
-    conn.execute(
-        "INSERT OR REPLACE INTO sluice_export_state \
-         (export, sink, generation, checksum, last_success, last_error_class, last_error, pending, attempted_checksum) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        duckdb::params![s.export, s.sink, s.generation, s.checksum, ts, class, message, s.pending, s.attempted_checksum],
-    )
-    .with_context(|| format!("saving the state of export {} to sink {}", s.export, s.sink))?;
+    let tx = conn.transaction()?;
+    tx.execute("DELETE FROM sluice_export_state WHERE export = ? AND sink = ?", duckdb::params![s.export, s.sink])
+        .and_then(|_| {
+            tx.execute(
+                "INSERT INTO sluice_export_state \
+                 (export, sink, generation, checksum, last_success, last_error_class, last_error, pending, attempted_checksum) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                duckdb::params![s.export, s.sink, s.generation, s.checksum, ts, class, message, s.pending, s.attempted_checksum],
+            )
+        })
+        .and_then(|_| tx.commit())
+        .with_context(|| format!("saving the state of export {} to sink {}", s.export, s.sink))?;
     Ok(())
 }
 

@@ -83,7 +83,7 @@ impl TracesConfig {
             if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
                 return Err(format!("traces.headers: {name:?} is not a header name"));
             }
-            if !(source.starts_with("env:") || source.starts_with("file:")) {
+            if !crate::secret::is_reference(source) {
                 return Err(format!("traces.headers.{name} must be \"env:NAME\" or \"file:/path\""));
             }
         }
@@ -94,14 +94,7 @@ impl TracesConfig {
     pub(super) fn resolved_headers(&self) -> anyhow::Result<std::collections::HashMap<String, String>> {
         let mut out = std::collections::HashMap::new();
         for (name, source) in &self.headers {
-            let value = if let Some(var) = source.strip_prefix("env:") {
-                std::env::var(var).map_err(|_| anyhow::anyhow!("traces.headers.{name}: environment variable {var} is not set"))?
-            } else if let Some(path) = source.strip_prefix("file:") {
-                std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("traces.headers.{name}: reading {path}: {e}"))?.trim().to_owned()
-            } else {
-                anyhow::bail!("traces.headers.{name} must be env:NAME or file:/path")
-            };
-            out.insert(name.clone(), value);
+            out.insert(name.clone(), crate::secret::resolve(&format!("traces.headers.{name}"), source)?);
         }
         Ok(out)
     }

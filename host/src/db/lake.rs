@@ -1,0 +1,148 @@
+//! The `ducklake` backend: the `events` table (and everything else Sluice stores) in a DuckLake,
+//! a catalog in PostgreSQL with the data as Parquet on S3-compatible storage, which any number
+//! of gateways can attach. The DuckDB instance itself is in memory.
+//!
+//! Extensions come only from a local directory (DuckDB's own signed builds, pinned by
+//! checksum by `scripts/dev` and the release bundle); nothing is downloaded and unsigned
+//! extensions are refused. Once the lake is attached the instance is locked down as the file
+//! backend is: no file or network access but the lake's data path, configuration locked.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use duckdb::{Config, Connection};
+
+/// Where the lake is and how to reach it. Secrets are references (`env:NAME`, `file:/path`),
+/// resolved when the database opens.
+#[derive(Debug, Clone)]
+pub struct LakeOptions {
+    /// The PostgreSQL catalog's libpq connection string, as a secret reference.
+    pub catalog: String,
+    /// Where the Parquet files go, e.g. `s3://bucket/prefix/`.
+    pub data_path: String,
+    /// DuckDB's extension directory (holding `v<version>/linux_amd64/*.duckdb_extension`).
+    pub extension_directory: PathBuf,
+    /// Inserts of up to this many rows stay in the catalog instead of becoming a Parquet file
+    /// each (DuckLake's data inlining).
+    pub inline_rows: u64,
+    pub s3: S3Options,
+}
+
+/// The object store (`[database.ducklake.s3]`).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Options {
+    /// `host[:port]` of an S3-compatible store; empty: AWS.
+    pub endpoint: String,
+    pub region: String,
+    /// `vhost` (AWS) or `path` (most self-hosted stores).
+    pub url_style: String,
+    /// TLS to the store; plain HTTP only to a loopback endpoint.
+    pub use_ssl: bool,
+    /// Access key id and secret, as secret references (`env:`/`file:`); both absent: anonymous
+    /// access (DuckDB's default credential chain is not used).
+    pub key_id: Option<String>,
+    pub secret: Option<String>,
+}
+
+impl Default for S3Options {
+    fn default() -> Self {
+        Self { endpoint: String::new(), region: "us-east-1".into(), url_style: "vhost".into(), use_ssl: true, key_id: None, secret: None }
+    }
+}
+
+/// The name the lake is attached under (and the default catalog).
+pub const LAKE: &str = "lake";
+
+/// The extensions the backend loads, in order.
+const EXTENSIONS: [&str; 3] = ["httpfs", "postgres_scanner", "ducklake"];
+
+/// Opens an in-memory DuckDB with the lake attached as the default catalog, the schema made,
+/// and the instance locked down: the writer connection and `readers` read connections (the
+/// default catalog is a connection's own setting, so each is made to use the lake before the
+/// configuration is locked).
+pub(super) fn open(lake: &LakeOptions, max_memory: &str, schema: &str, readers: usize) -> anyhow::Result<(Connection, Vec<Connection>)> {
+    let dir = lake.extension_directory.to_str().context("the extension directory is not UTF-8")?;
+    let config = Config::default()
+        .enable_autoload_extension(false)?
+        .max_memory(max_memory)?
+        .with("autoinstall_known_extensions", "false")?
+        .with("allow_unsigned_extensions", "false")?
+        .with("extension_directory", dir)?;
+    let conn = Connection::open_in_memory_with_flags(config).context("opening DuckDB in memory")?;
+    for ext in EXTENSIONS {
+        conn.execute_batch(&format!("LOAD {ext}")).with_context(|| {
+            format!(
+                "loading the DuckDB extension {ext} from {dir} (scripts/dev setup and the release bundle install \
+                 DuckDB's signed builds there; database.ducklake.extension_directory or SLUICE_DUCKDB_EXTENSIONS \
+                 points at it)"
+            )
+        })?;
+    }
+    let s3 = &lake.s3;
+    let mut secret = format!(
+        "CREATE TEMPORARY SECRET sluice_lake_s3 (TYPE s3, REGION {}, URL_STYLE {}, USE_SSL {}",
+        literal(&s3.region),
+        literal(&s3.url_style),
+        s3.use_ssl
+    );
+    if !s3.endpoint.is_empty() {
+        secret += &format!(", ENDPOINT {}", literal(&s3.endpoint));
+    }
+    if let (Some(k), Some(s)) = (&s3.key_id, &s3.secret) {
+        let key = crate::secret::resolve("database.ducklake.s3.key_id", k)?;
+        let value = crate::secret::resolve("database.ducklake.s3.secret", s)?;
+        secret += &format!(", KEY_ID {}, SECRET {}", literal(&key), literal(&value));
+    }
+    secret.push(')');
+    conn.execute_batch(&secret).context("setting the object store's credentials")?;
+    let catalog = crate::secret::resolve("database.ducklake.catalog", &lake.catalog)?;
+    let attach = format!(
+        "ATTACH {} AS {LAKE} (DATA_PATH {}, DATA_INLINING_ROW_LIMIT {})",
+        literal(&format!("ducklake:postgres:{catalog}")),
+        literal(&lake.data_path),
+        lake.inline_rows
+    );
+    // The connection string can carry a password: never in the error.
+    conn.execute_batch(&attach).map_err(|e| {
+        anyhow::anyhow!("attaching the lake (catalog {}, data {}): {}", redact(&catalog), lake.data_path, redact_err(&e.to_string(), &catalog))
+    })?;
+    conn.execute_batch(&format!("USE {LAKE}"))?;
+    conn.execute_batch(schema).context("creating the tables in the lake")?;
+    let mut pool = Vec::with_capacity(readers);
+    for _ in 0..readers {
+        let reader = conn.try_clone().context("opening a read connection")?;
+        reader.execute_batch(&format!("USE {LAKE}"))?;
+        pool.push(reader);
+    }
+    conn.execute_batch(&format!(
+        "SET allowed_directories = [{}]; SET enable_external_access = false; SET lock_configuration = true;",
+        literal(&lake.data_path)
+    ))
+    .context("locking the database down")?;
+    Ok((conn, pool))
+}
+
+/// The file backend's schema as DuckLake takes it (it has no primary keys or unique constraints).
+pub(super) fn schema(file_schema: &str) -> String {
+    file_schema.replace(",\n    PRIMARY KEY (export, sink)", "")
+}
+
+/// `'text'`, quotes doubled.
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A libpq connection string without its password.
+fn redact(conn: &str) -> String {
+    conn.split_whitespace()
+        .map(|kv| if kv.to_ascii_lowercase().starts_with("password=") { "password=…" } else { kv })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn redact_err(err: &str, conn: &str) -> String {
+    conn.split_whitespace()
+        .filter_map(|kv| kv.strip_prefix("password=").filter(|p| !p.is_empty()))
+        .fold(err.to_owned(), |e, p| e.replace(p, "…"))
+}
