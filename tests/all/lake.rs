@@ -10,6 +10,8 @@ use crate::s3::Moto;
 
 /// A catalog server, an object store with a bucket, and the secrets a gateway reaches them with.
 pub(crate) struct Lake {
+    /// Two servers: latency-asserting tests wait while they run.
+    _cpu: tokio::sync::RwLockReadGuard<'static, ()>,
     pub(crate) dir: TempDir,
     pub(crate) pg: PgServer,
     pub(crate) moto: Moto,
@@ -17,6 +19,7 @@ pub(crate) struct Lake {
 
 impl Lake {
     pub(crate) async fn start() -> Self {
+        let _cpu = crate::common::shared_cpu().await;
         let dir = TempDir::new("lake");
         let pg_dir = dir.path().join("pg");
         std::fs::create_dir_all(&pg_dir).unwrap();
@@ -28,7 +31,7 @@ impl Lake {
         std::fs::write(dir.path().join("catalog"), dsn).unwrap();
         std::fs::write(dir.path().join("s3-key"), "test-key").unwrap();
         std::fs::write(dir.path().join("s3-secret"), "test-secret").unwrap();
-        Self { dir, pg, moto }
+        Self { _cpu, dir, pg, moto }
     }
 
     /// `[database]` for this lake, as a gateway's configuration has it.

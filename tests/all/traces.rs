@@ -142,6 +142,7 @@ async fn audit_line(dir: &TempDir, event: &str, trace_id: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rest_tool_call_is_one_trace_joined_to_the_callers_traceparent() {
+    let _cpu = crate::common::shared_cpu().await;
     let rx = receiver().await;
     let dir = TempDir::new("traces-rest");
     let server = gateway(&dir, &traces_config(&otlp_url(&rx), ""));
@@ -212,6 +213,7 @@ async fn a_rest_tool_call_is_one_trace_joined_to_the_callers_traceparent() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_mcp_call_joins_the_trace_of_its_meta_traceparent() {
+    let _cpu = crate::common::shared_cpu().await;
     let rx = receiver().await;
     let dir = TempDir::new("traces-mcp");
     let server = gateway(&dir, &traces_config(&otlp_url(&rx), "record_sql = true\n"));
@@ -250,6 +252,7 @@ async fn an_mcp_call_joins_the_trace_of_its_meta_traceparent() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exports_and_ingest_are_traced_with_each_sink_delivery_and_part() {
+    let _cpu = crate::common::shared_cpu().await;
     let (rx, hook, down) = (receiver().await, receiver().await, receiver().await);
     down.status.store(503, Ordering::SeqCst);
     let dir = TempDir::new("traces-export");
@@ -342,6 +345,7 @@ async fn metric_reaches(server: &Server, name: &str, at_least: f64) -> f64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_collector_that_is_down_or_stuck_costs_calls_nothing_and_dropped_spans_are_counted() {
+    let _cpu = crate::common::shared_cpu().await;
     // Down: nothing listens on the port.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let dir = TempDir::new("traces-down");
