@@ -7,6 +7,9 @@ use serde_json::json;
 
 use crate::common::{GatewayOptions, TestGateway, assert_request_id};
 
+// Every test here holds the shared CPU lock: hostile guests spin cores and allocate up to their
+// limits, and each gateway compiles the hostile component anew; latency-asserting tests wait.
+
 async fn good_tool_still_works(gw: &TestGateway) {
     let r = gw.call("fleet.cluster.summary", json!({})).await;
     assert_eq!(r.status, 200, "{}", r.text);
@@ -17,6 +20,7 @@ async fn good_tool_still_works(gw: &TestGateway) {
 
 #[tokio::test]
 async fn an_infinite_loop_ends_at_its_deadline_with_tool_timeout() {
+    let _cpu = crate::common::shared_cpu().await;
     let gw = TestGateway::start(GatewayOptions::default().with_hostile());
     let started = Instant::now();
     let r = gw.call("test.hostile", json!({"mode": "loop"})).await;
@@ -30,6 +34,7 @@ async fn an_infinite_loop_ends_at_its_deadline_with_tool_timeout() {
 
 #[tokio::test]
 async fn a_tool_asleep_in_a_host_wait_ends_at_its_deadline_too() {
+    let _cpu = crate::common::shared_cpu().await;
     let gw = TestGateway::start(GatewayOptions::default().with_hostile());
     let started = Instant::now();
     let r = gw.call("test.hostile", json!({"mode": "sleep", "ms": 60_000})).await;
@@ -41,6 +46,7 @@ async fn a_tool_asleep_in_a_host_wait_ends_at_its_deadline_too() {
 
 #[tokio::test]
 async fn a_memory_bomb_traps_at_the_limit_with_a_scrubbed_500() {
+    let _cpu = crate::common::shared_cpu().await;
     let gw = TestGateway::start(GatewayOptions::default().with_hostile());
     let r = gw.call("test.hostile", json!({"mode": "oom"})).await;
     r.assert_error(500, "tool_backend_failure");
@@ -52,6 +58,7 @@ async fn a_memory_bomb_traps_at_the_limit_with_a_scrubbed_500() {
 
 #[tokio::test]
 async fn a_trap_returns_an_error_and_the_next_call_succeeds() {
+    let _cpu = crate::common::shared_cpu().await;
     let gw = TestGateway::start(GatewayOptions::default().with_hostile());
     let r = gw.call("test.hostile", json!({"mode": "trap"})).await;
     r.assert_error(500, "tool_backend_failure");
@@ -61,6 +68,7 @@ async fn a_trap_returns_an_error_and_the_next_call_succeeds() {
 
 #[tokio::test]
 async fn opening_a_file_fails_inside_a_tool() {
+    let _cpu = crate::common::shared_cpu().await;
     let gw = TestGateway::start(GatewayOptions::default().with_hostile());
     for path in ["/etc/passwd", gw.config.database.path.to_str().unwrap(), ".", "sluice.duckdb"] {
         let r = gw.call("test.hostile", json!({"mode": "open_file", "path": path})).await;
@@ -72,6 +80,7 @@ async fn opening_a_file_fails_inside_a_tool() {
 
 #[tokio::test]
 async fn opening_a_socket_fails_inside_a_tool_and_nothing_connects() {
+    let _cpu = crate::common::shared_cpu().await;
     let gw = TestGateway::start(GatewayOptions::default().with_hostile());
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
@@ -85,6 +94,7 @@ async fn opening_a_socket_fails_inside_a_tool_and_nothing_connects() {
 
 #[tokio::test]
 async fn a_tool_sees_no_environment_and_no_arguments() {
+    let _cpu = crate::common::shared_cpu().await;
     let gw = TestGateway::start(GatewayOptions::default().with_hostile());
     let r = gw.call("test.hostile", json!({"mode": "env"})).await;
     assert_eq!(r.status, 200, "{}", r.text);
@@ -94,6 +104,7 @@ async fn a_tool_sees_no_environment_and_no_arguments() {
 
 #[tokio::test]
 async fn a_tool_cannot_write_through_the_query_interface() {
+    let _cpu = crate::common::shared_cpu().await;
     let gw = TestGateway::start(GatewayOptions::default().with_hostile());
     let before = gw.call("test.hostile", json!({"mode": "query", "sql": "SELECT count(*) AS n FROM events"})).await;
     assert_eq!(before.status, 200, "{}", before.text);

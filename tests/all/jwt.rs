@@ -140,6 +140,8 @@ fn tool_names(r: &Reply) -> Vec<String> {
 
 #[tokio::test]
 async fn a_jwt_calls_tools_within_its_clusters_and_grants_like_a_static_bearer() {
+    // RSA and EC key generation by openssl: latency-asserting tests wait.
+    let _cpu = crate::common::shared_cpu().await;
     let dir = TempDir::new("jwt-grants");
     let k = key(&dir, "k1", Algorithm::RS256);
     let idp = idp(&[&k]).await;
@@ -211,6 +213,8 @@ async fn a_jwt_calls_tools_within_its_clusters_and_grants_like_a_static_bearer()
 
 #[tokio::test]
 async fn refused_tokens_get_401_with_a_reason_each_audited_and_counted() {
+    // RSA and EC key generation by openssl: latency-asserting tests wait.
+    let _cpu = crate::common::shared_cpu().await;
     let dir = TempDir::new("jwt-refused");
     let (k, ec, ed) = (key(&dir, "k1", Algorithm::RS256), key(&dir, "e1", Algorithm::ES256), key(&dir, "d1", Algorithm::EdDSA));
     let idp = idp(&[&k, &ec, &ed]).await;
@@ -292,6 +296,8 @@ async fn refused_tokens_get_401_with_a_reason_each_audited_and_counted() {
 
 #[tokio::test]
 async fn keys_rotate_without_a_restart_and_a_dead_jwks_keeps_the_keys_in_hand() {
+    // RSA and EC key generation by openssl: latency-asserting tests wait.
+    let _cpu = crate::common::shared_cpu().await;
     let dir = TempDir::new("jwt-rotate");
     let (old, new) = (key(&dir, "2026-10", Algorithm::RS256), key(&dir, "2026-11", Algorithm::ES256));
     let idp = idp(&[&old]).await;
@@ -361,6 +367,8 @@ async fn keys_rotate_without_a_restart_and_a_dead_jwks_keeps_the_keys_in_hand() 
 
 #[tokio::test]
 async fn protected_resource_metadata_and_challenges_follow_rfc_9728() {
+    // RSA and EC key generation by openssl: latency-asserting tests wait.
+    let _cpu = crate::common::shared_cpu().await;
     let dir = TempDir::new("jwt-metadata");
     let k = key(&dir, "k1", Algorithm::ES256);
     let idp = idp(&[&k]).await;
