@@ -23,6 +23,7 @@ pub mod drain;
 pub mod export;
 pub mod http;
 pub mod ingest;
+pub mod lake;
 pub mod metrics;
 pub mod ratelimit;
 pub mod reload;

@@ -93,7 +93,12 @@ impl Gateway {
             max_in_flight_per_bearer: config.limits.max_in_flight_per_bearer,
             max_in_flight: config.limits.max_in_flight,
         }));
+        let lake = match config.database.backend {
+            crate::config::Backend::Ducklake => Some(crate::lake::Coordinator::new(config.database.ducklake.coordination())?),
+            crate::config::Backend::File => None,
+        };
         let state = AppState::new(crate::http::AppInner {
+            lake,
             db,
             runtime,
             metrics,
@@ -186,6 +191,18 @@ pub async fn serve_gateway(config: &Config, gateway: Gateway, audit: AuditLog) -
     drop(registry);
 
     spawn_sighup_reload(gateway.runtime().clone(), gateway.state.exports.clone());
+    if let Some(lake) = &gateway.state.lake {
+        anyhow::ensure!(
+            config.database.ducklake.advertise_url.is_some() || !api_addr.ip().is_unspecified(),
+            "the API listens on {api_addr}: set database.ducklake.advertise_url to the URL other gateways reach this one at"
+        );
+        crate::lake::check_peer_url(&format!("{scheme}://{api_addr}")).or_else(|e| match config.database.ducklake.advertise_url {
+            Some(_) => Ok(()),
+            None => Err(anyhow::anyhow!("{e} (set database.ducklake.advertise_url)")),
+        })?;
+        spawn_takeover(&gateway, lake.roles());
+        lake.start(format!("{scheme}://{api_addr}"), gateway.db().clone());
+    }
     spawn_export_schedule(&gateway);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let api = serve_on(api_listener, gateway.api(), tls.clone(), stop_rx.clone());
@@ -193,8 +210,13 @@ pub async fn serve_gateway(config: &Config, gateway: Gateway, audit: AuditLog) -
     let deadline = config.drain.shutdown_deadline.0;
     let (drain, runtime, db) = (gateway.state.drain.clone(), gateway.runtime().clone(), gateway.db().clone());
     let mcp_shutdown = gateway.state.mcp_shutdown.clone();
+    let lake = gateway.state.lake.clone();
     let signal = async move {
         shutdown_signal().await;
+        // Another gateway becomes the lake's writer while this one drains.
+        if let Some(lake) = &lake {
+            lake.resign();
+        }
         // Readiness fails and new requests get 503 from here on; the listeners stay open so
         // clients get an answer rather than a refused connection.
         drain.start();
@@ -224,29 +246,35 @@ pub async fn serve_gateway(config: &Config, gateway: Gateway, audit: AuditLog) -
 
 /// Runs each export with a cadence on its own task, one run at a time, until draining starts
 /// (the first run at once); an export without a cadence runs once at start when a delivery of it
-/// was left pending.
+/// was left pending (on a file: a cadence's first run resumes its own).
+///
+/// On a lake only the writer runs exports, and a cadence's period fires once across gateways
+/// (claimed in the catalog); pending deliveries are resumed when a gateway becomes the writer.
 fn spawn_export_schedule(gateway: &Gateway) {
-    let scheduled: Vec<String> = gateway.state.exports.scheduled().into_iter().map(|(n, _)| n).collect();
-    for name in gateway.state.exports.pending().into_iter().filter(|n| !scheduled.contains(n)) {
-        let engine = gateway.state.exports.clone();
-        tokio::spawn(async move {
-            tracing::info!(export = %name, "Resuming an export left pending.");
-            match engine.run(&name).await {
-                Some(Ok(status)) => tracing::info!(export = %name, condition = status.condition.as_str(), generation = status.generation, "Export ran."),
-                Some(Err(e)) => tracing::warn!(export = %name, error = %format!("{e:#}"), "Export failed."),
-                None => {}
-            }
-        });
+    if gateway.state.lake.is_none() {
+        let scheduled: Vec<String> = gateway.state.exports.scheduled().into_iter().map(|(n, _)| n).collect();
+        let pending = gateway.state.exports.pending().into_iter().filter(|n| !scheduled.contains(n)).collect();
+        resume_pending(&gateway.state.exports, pending);
     }
     for (name, every) in gateway.state.exports.scheduled() {
-        let (engine, drain) = (gateway.state.exports.clone(), gateway.state.drain.clone());
+        let (engine, drain, lake) = (gateway.state.exports.clone(), gateway.state.drain.clone(), gateway.state.lake.clone());
         tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(every);
+            let mut ticks = tokio::time::interval(if lake.is_some() { every.min(crate::lake::TICK * 2) } else { every });
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;
                 if drain.is_draining() {
                     return;
+                }
+                if let Some(lake) = &lake {
+                    match lake.claim_period(&name, every).await {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        Err(e) => {
+                            tracing::warn!(export = %name, error = %format!("{e:#}"), "Cannot claim the export's period; skipped.");
+                            continue;
+                        }
+                    }
                 }
                 match engine.run(&name).await {
                     Some(Ok(status)) => tracing::info!(export = %name, condition = status.condition.as_str(), generation = status.generation, "Export ran."),
@@ -256,6 +284,46 @@ fn spawn_export_schedule(gateway: &Gateway) {
             }
         });
     }
+}
+
+/// Runs, once each, exports with a delivery left pending.
+fn resume_pending(engine: &Arc<crate::export::engine::ExportEngine>, pending: Vec<String>) {
+    for name in pending {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            tracing::info!(export = %name, "Resuming an export left pending.");
+            match engine.run(&name).await {
+                Some(Ok(status)) => tracing::info!(export = %name, condition = status.condition.as_str(), generation = status.generation, "Export ran."),
+                Some(Err(e)) => tracing::warn!(export = %name, error = %format!("{e:#}"), "Export failed."),
+                None => {}
+            }
+        });
+    }
+}
+
+/// On a lake: whenever this gateway becomes the writer, it takes the exports' state over and
+/// resumes what the previous writer left pending.
+fn spawn_takeover(gateway: &Gateway, mut roles: tokio::sync::watch::Receiver<crate::lake::Role>) {
+    let (engine, metrics) = (gateway.state.exports.clone(), gateway.state.metrics.clone());
+    tokio::spawn(async move {
+        while roles.changed().await.is_ok() {
+            let role = *roles.borrow_and_update();
+            metrics.lake_writer(role == crate::lake::Role::Writer);
+            if role != crate::lake::Role::Writer {
+                continue;
+            }
+            let taken = tokio::task::spawn_blocking({
+                let engine = engine.clone();
+                move || engine.take_over()
+            })
+            .await;
+            match taken {
+                Ok(Ok(pending)) => resume_pending(&engine, pending),
+                Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "Cannot read the exports' state from the lake."),
+                Err(e) => tracing::error!(error = %e, "The export takeover task failed."),
+            }
+        }
+    });
 }
 
 /// After cancelling at the deadline, how long the cancelled requests get to answer.

@@ -20,6 +20,23 @@ pub async fn load(cert: &Path, key: &Path) -> anyhow::Result<RustlsConfig> {
     })
 }
 
+/// The TLS client configuration for outgoing connections: the public roots (webpki-roots) and
+/// the PEM certificates in `ca_file`.
+pub fn client_config(ca_file: Option<&Path>) -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        use rustls::pki_types::pem::PemObject as _;
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+            roots.add(cert.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)?;
+        }
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// Reloads `config` whenever the certificate or key file changes, until the watcher is dropped.
 /// A pair that fails to load leaves the current one in place. Call inside a tokio runtime.
 pub fn watch(config: RustlsConfig, cert: PathBuf, key: PathBuf) -> anyhow::Result<notify::RecommendedWatcher> {

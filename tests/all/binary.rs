@@ -59,6 +59,12 @@ impl Server {
 }
 
 impl Server {
+    /// SIGTERM (a drain), then waits for the process to exit.
+    pub(crate) fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
+        signal(&self.child, "TERM");
+        wait_exit(&mut self.child, limit)
+    }
+
     /// `GET /metrics` with the token.
     pub(crate) async fn metrics(&self) -> String {
         let r = reqwest::Client::new().get(format!("{}/metrics", self.api)).bearer_auth(TOKEN).send().await.unwrap();

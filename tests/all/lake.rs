@@ -52,6 +52,19 @@ impl Lake {
         }
     }
 
+    /// `[database]` for this lake in a configuration file (`extra` goes into `[database.ducklake]`).
+    pub(crate) fn toml(&self, extra: &str) -> String {
+        let secret = |name: &str| format!("file:{}", self.dir.path().join(name).display());
+        format!(
+            "[database]\nbackend = \"ducklake\"\n[database.ducklake]\ncatalog = {:?}\ndata_path = \"s3://lake/fleet/\"\n{extra}\n\
+             [database.ducklake.s3]\nendpoint = {:?}\nurl_style = \"path\"\nuse_ssl = false\nkey_id = {:?}\nsecret = {:?}\n",
+            secret("catalog"),
+            self.moto.url.trim_start_matches("http://"),
+            secret("s3-key"),
+            secret("s3-secret"),
+        )
+    }
+
     /// Gateway options on this lake.
     pub(crate) fn options(&self, opts: GatewayOptions) -> GatewayOptions {
         let (prev, lake) = (opts.configure, self.configure());

@@ -16,6 +16,7 @@ mod hot_swap;
 mod jwt;
 mod kafka;
 mod lake;
+mod lake_replicas;
 mod mcp;
 mod monitoring;
 mod otlp;

@@ -315,10 +315,10 @@ async fn a_postgres_sink_reaches_only_the_address_in_its_configuration() {
 }
 
 /// `psql` holding an ACCESS EXCLUSIVE lock on a table until `release`.
-struct TableLock(std::process::Child);
+pub(crate) struct TableLock(std::process::Child);
 
 impl TableLock {
-    fn take(pg: &Postgres, table: &str) -> Self {
+    pub(crate) fn take(pg: &PgServer, table: &str) -> Self {
         use std::io::{BufRead as _, Write as _};
         let mut child = pg
             .psql_command()
@@ -334,7 +334,7 @@ impl TableLock {
         Self(child)
     }
 
-    fn release(mut self) {
+    pub(crate) fn release(mut self) {
         use std::io::Write as _;
         writeln!(self.0.stdin.as_mut().unwrap(), "COMMIT;").unwrap();
         drop(self.0.stdin.take());

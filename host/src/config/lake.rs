@@ -1,8 +1,11 @@
 //! `[database.ducklake]`: the lake of the `ducklake` backend.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
+
+use super::units::HumanDuration;
 
 /// Where the data lives.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -32,11 +35,37 @@ pub struct LakeConfig {
     pub inline_rows: u64,
     /// `[database.ducklake.s3]`
     pub s3: S3Config,
+    /// Where the other gateways reach this one's API when it is the writer (they forward ingest
+    /// and export runs to it): `https://host:port`, or `http://` to a loopback address. Default:
+    /// the address the API listener is bound to.
+    pub advertise_url: Option<String>,
+    /// PEM certificates to trust (besides the public roots) for the catalog's TLS and for other
+    /// gateways' HTTPS when forwarding.
+    pub ca_file: Option<PathBuf>,
+    /// How long a forwarded request may take on the writer.
+    pub forward_timeout: HumanDuration,
+    /// How often the writer compacts the lake (flushes inlined rows to Parquet, merges small
+    /// files, expires old snapshots and deletes the files no snapshot needs).
+    pub maintenance_interval: HumanDuration,
+    /// Snapshots (and the files only they use) are kept this long: a query may read the snapshot
+    /// it started on for at least this long.
+    pub snapshot_retention: HumanDuration,
 }
 
 impl Default for LakeConfig {
     fn default() -> Self {
-        Self { catalog: String::new(), data_path: String::new(), extension_directory: None, inline_rows: 1000, s3: S3Config::default() }
+        Self {
+            catalog: String::new(),
+            data_path: String::new(),
+            extension_directory: None,
+            inline_rows: 1000,
+            s3: S3Config::default(),
+            advertise_url: None,
+            ca_file: None,
+            forward_timeout: HumanDuration(Duration::from_secs(30)),
+            maintenance_interval: HumanDuration(Duration::from_secs(600)),
+            snapshot_retention: HumanDuration(Duration::from_secs(3600)),
+        }
     }
 }
 
@@ -73,6 +102,15 @@ impl LakeConfig {
         if self.s3.key_id.is_some() != self.s3.secret.is_some() {
             return Err(format!("{at}.s3: give both key_id and secret, or neither"));
         }
+        if let Some(url) = &self.advertise_url {
+            crate::lake::check_peer_url(url).map_err(|e| format!("{at}.advertise_url: {e}"))?;
+        }
+        if self.snapshot_retention.0 < Duration::from_secs(60) {
+            return Err(format!("{at}.snapshot_retention must be at least 60s (a query may read its snapshot that long)"));
+        }
+        if self.maintenance_interval.0 < Duration::from_secs(1) {
+            return Err(format!("{at}.maintenance_interval must be at least 1s"));
+        }
         Ok(())
     }
 
@@ -85,6 +123,21 @@ impl LakeConfig {
             extension_directory,
             inline_rows: self.inline_rows,
             s3: self.s3.clone(),
+        }
+    }
+}
+
+impl LakeConfig {
+    /// The options the writer election and forwarding run with.
+    pub fn coordination(&self) -> crate::lake::Options {
+        crate::lake::Options {
+            catalog: self.catalog.clone(),
+            data_path: self.data_path.clone(),
+            advertise_url: self.advertise_url.clone(),
+            ca_file: self.ca_file.clone(),
+            forward_timeout: self.forward_timeout.0,
+            maintenance_interval: self.maintenance_interval.0,
+            snapshot_retention: self.snapshot_retention.0,
         }
     }
 }

@@ -146,3 +146,48 @@ fn redact_err(err: &str, conn: &str) -> String {
         .filter_map(|kv| kv.strip_prefix("password=").filter(|p| !p.is_empty()))
         .fold(err.to_owned(), |e, p| e.replace(p, "…"))
 }
+
+/// What a maintenance pass did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Maintenance {
+    pub flushed_rows: u64,
+    pub merged_files: u64,
+    pub deleted_files: u64,
+}
+
+impl super::Database {
+    /// Compacts the lake on the writer connection: flushes inlined rows to Parquet, merges
+    /// adjacent small files, expires snapshots older than `retention` and deletes the files that
+    /// only expired snapshots used (and were scheduled for deletion at least `retention` ago).
+    pub fn maintain_lake(&self, retention: std::time::Duration) -> anyhow::Result<Maintenance> {
+        anyhow::ensure!(self.options().lake.is_some(), "not a lake");
+        let conn = self.writer();
+        let secs = retention.as_secs();
+        let sum = |sql: &str, col: usize| -> anyhow::Result<u64> {
+            let mut stmt = conn.prepare(sql).with_context(|| sql.to_owned())?;
+            let rows = stmt.query_map([], |r| r.get::<_, Option<i64>>(col)).with_context(|| sql.to_owned())?;
+            let mut n = 0u64;
+            for r in rows {
+                n += r.with_context(|| sql.to_owned())?.unwrap_or(0).max(0) as u64;
+            }
+            Ok(n)
+        };
+        let flushed_rows = sum(&format!("CALL ducklake_flush_inlined_data('{LAKE}')"), 2)?;
+        let merged_files = sum(&format!("CALL ducklake_merge_adjacent_files('{LAKE}')"), 2)?;
+        conn.execute_batch(&format!("CALL ducklake_expire_snapshots('{LAKE}', older_than => now() - INTERVAL '{secs} seconds')"))
+            .context("expiring old snapshots")?;
+        let mut stmt = conn.prepare(&format!("CALL ducklake_cleanup_old_files('{LAKE}', older_than => now() - INTERVAL '{secs} seconds')"))?;
+        let deleted_files = stmt.query_map([], |_| Ok(()))?.count() as u64;
+        Ok(Maintenance { flushed_rows, merged_files, deleted_files })
+    }
+
+    /// The lake's current snapshot (what the next query reads); `None` on the file backend.
+    pub fn lake_snapshot(&self) -> Option<i64> {
+        self.options().lake.as_ref()?;
+        let conn = self.borrow_reader(std::time::Instant::now() + std::time::Duration::from_secs(2)).ok()?;
+        let id = conn.query_row(&format!("SELECT id FROM {LAKE}.current_snapshot()"), [], |r| r.get(0)).ok();
+        let _ = conn.execute_batch("ROLLBACK");
+        self.return_reader(conn);
+        id
+    }
+}

@@ -24,11 +24,11 @@ use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::runtime::sinks::{ExportRequest, LoadedSink, SinkCallError, SinkConfig, class_name};
 
-struct ExportRuntime {
-    entry: ExportConfigEntry,
+pub(super) struct ExportRuntime {
+    pub(super) entry: ExportConfigEntry,
     /// Serialises runs of one export.
     running: tokio::sync::Mutex<()>,
-    status: Mutex<ExportStatus>,
+    pub(super) status: Mutex<ExportStatus>,
 }
 
 /// One delivery of a snapshot to one sink, and what was known of that binding before it.
@@ -47,12 +47,12 @@ struct Delivery<'a> {
 pub struct ExportEngine {
     runtime: Arc<Runtime>,
     /// What the exports' queries read, and where their state is kept.
-    db: Database,
+    pub(super) db: Database,
     metrics: Metrics,
     sinks: BTreeMap<String, Arc<SinkHandle>>,
-    exports: BTreeMap<String, Arc<ExportRuntime>>,
+    pub(super) exports: BTreeMap<String, Arc<ExportRuntime>>,
     /// Per (export, sink), as persisted.
-    state: Mutex<BTreeMap<(String, String), SinkState>>,
+    pub(super) state: Mutex<BTreeMap<(String, String), SinkState>>,
 }
 
 impl ExportEngine {

@@ -9,7 +9,8 @@
 //!   resumes (and re-sends only what is pending);
 //! - [`status`]: what the API shows of each export and sink, as enums of the wire's strings;
 //! - [`sink`]: a configured sink (component, network policy, breaker, connection test);
-//! - [`engine`]: runs exports: query, envelope, and each sink's delivery under the policy.
+//! - [`engine`]: runs exports: query, envelope, and each sink's delivery under the policy;
+//! - `takeover`: a gateway that becomes a lake's writer takes the exports' state over.
 
 pub mod engine;
 pub mod envelope;
@@ -19,3 +20,4 @@ pub mod sink;
 mod spans;
 pub mod state;
 pub mod status;
+mod takeover;

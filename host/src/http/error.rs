@@ -72,6 +72,10 @@ pub enum ApiError {
     /// 503 `shutting_down`, with `Retry-After: 5`.
     #[error("the gateway is shutting down; retry on another instance")]
     ShuttingDown,
+    /// 503 `writer_unavailable`, with `Retry-After: 1`: on a lake, this gateway is not the writer
+    /// and cannot reach one (none elected yet, or it did not answer). Nothing was written.
+    #[error("{0}; nothing was written, retry shortly")]
+    WriterUnavailable(String),
     /// 504 `sql_timeout`: `POST /api/v2/sql` interrupted at the query timeout.
     #[error("the statement ran past the query timeout of {timeout_ms} ms")]
     SqlTimeout { timeout_ms: u64 },
@@ -88,7 +92,7 @@ impl ApiError {
             Self::MissingBearer | Self::InvalidBearer | Self::RefusedToken { .. } => StatusCode::UNAUTHORIZED,
             Self::ToolNotPermitted { .. } | Self::AdminRequired(_) => StatusCode::FORBIDDEN,
             Self::RateLimited(_) | Self::InFlightCap { per_bearer: true } => StatusCode::TOO_MANY_REQUESTS,
-            Self::ShuttingDown | Self::InFlightCap { per_bearer: false } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ShuttingDown | Self::WriterUnavailable(_) | Self::InFlightCap { per_bearer: false } => StatusCode::SERVICE_UNAVAILABLE,
             Self::TenantScopeRefused(_) => StatusCode::FORBIDDEN,
             Self::ToolNotFound(_) | Self::NotFound | Self::UnknownName { .. } => StatusCode::NOT_FOUND,
             Self::Gone => StatusCode::GONE,
@@ -121,6 +125,7 @@ impl ApiError {
             Self::AdminRequired(_) => "admin_permission_required",
             Self::RateLimited(_) => "rate_limited",
             Self::ShuttingDown => "shutting_down",
+            Self::WriterUnavailable(_) => "writer_unavailable",
             Self::ToolTimeout { .. } => "tool_timeout",
             Self::SqlTimeout { .. } => "sql_timeout",
         }
@@ -233,7 +238,7 @@ impl IntoResponse for ApiError {
             Self::RateLimited(secs) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
             }
-            Self::InFlightCap { .. } => {
+            Self::InFlightCap { .. } | Self::WriterUnavailable(_) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Self::ShuttingDown => {

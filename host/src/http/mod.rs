@@ -6,6 +6,7 @@
 
 pub mod error;
 mod exports;
+mod forward;
 mod front_door;
 mod mcp;
 mod mcp_fast;
@@ -116,6 +117,8 @@ pub struct AppInner {
     /// Cancelled at the end of a drain: closes MCP sessions and their event streams, which would
     /// otherwise keep connections (and the shutdown) open.
     pub mcp_shutdown: tokio_util::sync::CancellationToken,
+    /// On a lake: the writer election (ingest and exports are forwarded to the writer).
+    pub lake: Option<crate::lake::Coordinator>,
 }
 
 /// Route templates of the API listener and whether each is public (served without a bearer).
@@ -151,6 +154,8 @@ const ROUTES: &[(&str, bool)] = &[
 /// The API service: the front door around the router of everything on the API listener.
 pub fn api_service(state: AppState, max_body: usize) -> FrontDoor {
     let mut router = Router::new();
+    // On a lake, the routes only the writer serves: see `forward`.
+    let writer_only = || axum::middleware::from_fn_with_state(state.clone(), forward::to_writer);
     for &(path, _) in ROUTES {
         let handler = match path {
             "/api/versions" => get(versions),
@@ -161,12 +166,12 @@ pub fn api_service(state: AppState, max_body: usize) -> FrontDoor {
             "/api/v2/tools/list" => get(tools::list),
             "/api/v2/tools/{name}" => post(tools::call),
             "/api/v2/sql" => post(sql::sql),
-            OTLP_ROUTE => {
-                post(otlp::ingest).layer(axum::extract::DefaultBodyLimit::max(state.ingest.max_body.0))
-            }
-            "/api/v2/exports" => get(exports::list),
-            "/api/v2/exports/{name}" => get(exports::show),
-            "/api/v2/exports/{name}/run" => post(exports::run),
+            OTLP_ROUTE => post(otlp::ingest)
+                .layer(axum::extract::DefaultBodyLimit::max(state.ingest.max_body.0))
+                .layer(writer_only()),
+            "/api/v2/exports" => get(exports::list).layer(writer_only()),
+            "/api/v2/exports/{name}" => get(exports::show).layer(writer_only()),
+            "/api/v2/exports/{name}/run" => post(exports::run).layer(writer_only()),
             "/api/v2/sinks" => get(exports::sinks),
             "/api/v2/sinks/{name}/test" => post(exports::test),
             "/api/v2/admin/plugins" => get(tools::plugins),
@@ -236,8 +241,16 @@ async fn versions(State(state): State<AppState>, req: Request) -> Response {
         (status = 200, description = "Up", body = wire::Health),
         wire::FrontDoorErrors,
 ))]
-async fn health() -> axum::Json<wire::Health> {
-    axum::Json(wire::Health { status: "ok", version: env!("CARGO_PKG_VERSION") })
+async fn health(State(state): State<AppState>) -> axum::Json<wire::Health> {
+    let lake = match &state.lake {
+        None => None,
+        Some(lake) => {
+            let db = state.db.clone();
+            let snapshot = tokio::task::spawn_blocking(move || db.lake_snapshot()).await.ok().flatten();
+            Some(wire::LakeHealth { role: lake.role().as_str(), snapshot })
+        }
+    };
+    axum::Json(wire::Health { status: "ok", version: env!("CARGO_PKG_VERSION"), lake })
 }
 
 /// The calling bearer: an opaque id, its clusters and capabilities (never its key name).

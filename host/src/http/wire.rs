@@ -160,6 +160,18 @@ pub struct Health {
     pub status: &'static str,
     /// The full version, `x.y.z`.
     pub version: &'static str,
+    /// On the `ducklake` backend only: this gateway's part and the lake's snapshot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lake: Option<LakeHealth>,
+}
+
+/// `lake` in `GET /api/v2/health`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LakeHealth {
+    /// `writer` (takes ingest, runs exports, compacts) or `reader` (forwards those to the writer).
+    pub role: &'static str,
+    /// The lake's current snapshot id, as the next query reads it.
+    pub snapshot: Option<i64>,
 }
 
 /// `GET /api/versions`

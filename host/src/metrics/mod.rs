@@ -90,6 +90,8 @@ pub struct Metrics {
     export_spill_warn: IntCounterVec,
     sink_connection_tests: IntCounterVec,
     sink_breaker_state: prometheus::IntGaugeVec,
+    lake_forwarded: IntCounterVec,
+    lake_writer: prometheus::IntGauge,
 }
 
 impl Default for Metrics {
@@ -181,9 +183,16 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(sink_breaker_state.clone())).expect("unique metric");
+        let lake_forwarded = counter(
+            "sluice_lake_forwarded_total",
+            "Requests a gateway that is not the lake's writer forwarded to it, by outcome (forwarded, no_writer, not_writer, failed, refused).",
+            &["outcome"],
+        );
+        let lake_writer = prometheus::IntGauge::new("sluice_lake_writer", "1 while this gateway is the lake's writer, else 0.").expect("valid metric");
+        registry.register(Box::new(lake_writer.clone())).expect("unique metric");
         for c in [
             &http_requests, &plugin_calls, &plugin_reloads, &auth_failures, &rate_limited, &ingest_points, &sink_errors,
-            &export_bytes, &export_debounced, &export_spill_warn, &sink_connection_tests,
+            &export_bytes, &export_debounced, &export_spill_warn, &sink_connection_tests, &lake_forwarded,
         ] {
             registry.register(Box::new(c.clone())).expect("unique metric");
         }
@@ -213,7 +222,19 @@ impl Metrics {
             export_spill_warn,
             sink_connection_tests,
             sink_breaker_state,
+            lake_forwarded,
+            lake_writer,
         }
+    }
+
+    /// A request forwarded (or not) to the lake's writer; `outcome` from a fixed set.
+    pub fn lake_forwarded(&self, outcome: &'static str) {
+        self.lake_forwarded.with_label_values(&[outcome]).inc();
+    }
+
+    /// Whether this gateway is the lake's writer.
+    pub fn lake_writer(&self, writer: bool) {
+        self.lake_writer.set(i64::from(writer));
     }
 
     /// A sink's breaker state (sink names come from the operator's configuration).

@@ -434,18 +434,7 @@ fn identity(c: &IssuerConfig, claims: &Value, digest: &[u8; 32]) -> Identity {
 
 /// An HTTP client for JWKS: the public web roots, plus `ca_file`'s certificates.
 pub(crate) fn http_client(ca_file: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
-    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-    if let Some(path) = ca_file {
-        let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-        use rustls::pki_types::pem::PemObject as _;
-        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
-            roots.add(cert.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)?;
-        }
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls = crate::tls::client_config(ca_file)?;
     Ok(reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .timeout(Duration::from_secs(10))
