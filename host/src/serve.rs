@@ -132,6 +132,18 @@ impl Gateway {
     pub fn db(&self) -> &Database {
         &self.state.db
     }
+
+    /// On a lake: joins the writer election, advertising `url` to the other gateways, and takes
+    /// the exports over whenever this gateway becomes the writer. Call inside a tokio runtime.
+    pub fn start_lake(&self, lake: &crate::lake::Coordinator, url: String) {
+        spawn_takeover(self, lake.roles());
+        lake.start(url, self.db().clone());
+    }
+
+    /// The lake's writer election, on the `ducklake` backend.
+    pub fn lake(&self) -> Option<&crate::lake::Coordinator> {
+        self.state.lake.as_ref()
+    }
 }
 
 /// Serves HTTPS when a certificate is configured; plain HTTP only when explicitly allowed, and
@@ -200,8 +212,7 @@ pub async fn serve_gateway(config: &Config, gateway: Gateway, audit: AuditLog) -
             Some(_) => Ok(()),
             None => Err(anyhow::anyhow!("{e} (set database.ducklake.advertise_url)")),
         })?;
-        spawn_takeover(&gateway, lake.roles());
-        lake.start(format!("{scheme}://{api_addr}"), gateway.db().clone());
+        gateway.start_lake(lake, format!("{scheme}://{api_addr}"));
     }
     spawn_export_schedule(&gateway);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -180,6 +180,15 @@ pub fn seed_options() -> sluice::demo::SeedOptions {
     }
 }
 
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        // Its election tasks outlive it on the runtime: give the lake's lock up.
+        if let Some(lake) = self.gateway.lake() {
+            lake.resign();
+        }
+    }
+}
+
 impl TestGateway {
     /// Must be called inside a tokio runtime when `watch` is set.
     pub fn start(opts: GatewayOptions) -> Self {
@@ -206,6 +215,15 @@ impl TestGateway {
         let (audit_log, audit) = sluice::audit::AuditLog::memory();
         let auth = opts.auth.unwrap_or_else(|| sluice::auth::AuthSource::Static(test_bearers()));
         let gateway = Gateway::build(&config, auth, audit_log).expect("building the gateway");
+        if let Some(lake) = gateway.lake() {
+            // Alone on its lake, it becomes the writer (it forwards nowhere: no listener).
+            gateway.start_lake(lake, "http://127.0.0.1:9".into());
+            let started = std::time::Instant::now();
+            while !lake.is_writer() {
+                assert!(started.elapsed() < std::time::Duration::from_secs(15), "the gateway never became the lake's writer");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
         Self { dir, gateway, config, audit }
     }
 

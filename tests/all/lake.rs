@@ -151,6 +151,19 @@ fn the_configuration_refuses_a_lake_it_cannot_reach_safely_naming_the_key() {
     let plain: sluice::config::Config =
         toml::from_str("[database]\nbackend = \"ducklake\"\n[database.ducklake]\ncatalog = \"host=db password=hunter2\"\ndata_path = \"s3://b/\"\n").unwrap();
     assert!(plain.validate().unwrap_err().to_string().contains("database.ducklake.catalog"));
+    for (extra, key) in [
+        ("advertise_url = \"http://10.0.0.5:8081\"\n", "database.ducklake.advertise_url"),
+        ("advertise_url = \"gw-1:8081\"\n", "database.ducklake.advertise_url"),
+        ("snapshot_retention = \"30s\"\n", "database.ducklake.snapshot_retention"),
+        ("advertise_url = \"https://gw-1.internal:8081\"\nsnapshot_retention = \"2h\"\n", ""),
+        ("advertise_url = \"http://127.0.0.1:8081\"\n", ""),
+    ] {
+        let config: sluice::config::Config = toml::from_str(&format!("{base}{extra}")).unwrap();
+        match config.validate() {
+            Ok(()) => assert!(key.is_empty(), "{extra} was accepted"),
+            Err(e) => assert!(!key.is_empty() && e.to_string().contains(key), "{extra}: {e}"),
+        }
+    }
     let not_s3: sluice::config::Config =
         toml::from_str("[database]\nbackend = \"ducklake\"\n[database.ducklake]\ncatalog = \"env:C\"\ndata_path = \"/var/lake\"\n").unwrap();
     assert!(not_s3.validate().unwrap_err().to_string().contains("database.ducklake.data_path"));
@@ -173,4 +186,57 @@ async fn a_lake_that_cannot_be_reached_is_a_clear_error_without_the_password() {
     config.database.ducklake.extension_directory = Some(dir.path().join("no-extensions"));
     let err = format!("{:#}", sluice::db::Database::open(config.database.to_options()).err().expect("no extensions, no lake"));
     assert!(err.contains("loading the DuckDB extension httpfs"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upkeep_flushes_inlined_rows_to_parquet_and_expires_old_snapshots_keeping_every_row() {
+    let lake = Lake::start().await;
+    let gw = TestGateway::start(lake.options(GatewayOptions::default()));
+    let count = "SELECT count(*), sum(value_double) FROM events";
+    let before = gw.request("POST", "/api/v2/sql", Some(&json!({"sql": count}).to_string())).await.body["rows"].clone();
+    // Twenty small batches: each a snapshot, each inlined in the catalog.
+    let auth = format!("Bearer {}", crate::common::ADMIN_TOKEN);
+    for i in 0..20 {
+        let metrics = json!({"resourceMetrics": [{"resource": {"attributes": [
+            {"key": "ingero.cluster.id", "value": {"stringValue": "cluster-m"}},
+            {"key": "ingero.node.id", "value": {"stringValue": format!("node-{i}")}}]},
+            "scopeMetrics": [{"metrics": [{"name": "gpu.util", "gauge": {"dataPoints": [
+                {"asDouble": 1.0, "timeUnixNano": "1700000000000000000"}, {"asDouble": 2.0, "timeUnixNano": "1700000001000000000"}]}}]}]}]});
+        let r = gw.request_raw("POST", "/v1/metrics", &[("authorization", &auth), ("content-type", "application/json")], metrics.to_string().into_bytes()).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let psql = |sql: &str| {
+        let out = std::process::Command::new("psql")
+            .env("PGPASSWORD", &lake.pg.password)
+            .args(["-h", "127.0.0.1", "-p", &lake.pg.port.to_string(), "-U", "postgres", "-tAc", sql])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let snapshots = |psql: &dyn Fn(&str) -> String| psql("SELECT count(*) FROM ducklake_snapshot").parse::<u64>().unwrap();
+    let had = snapshots(&psql);
+    assert!(had >= 20, "{had} snapshots");
+    let parquet = || async {
+        let list = reqwest::get(format!("{}/lake?list-type=2&prefix=fleet/", lake.moto.url)).await.unwrap().text().await.unwrap();
+        list.matches(".parquet</Key>").count()
+    };
+    let files_before = parquet().await;
+
+    let db = gw.gateway.db().clone();
+    let done = tokio::task::spawn_blocking(move || db.maintain_lake(std::time::Duration::ZERO)).await.unwrap().unwrap();
+    assert_eq!(done.flushed_rows, 40, "{done:?}");
+    // Every row is still there, the history before now is gone, and the inlined rows are a
+    // Parquet file now.
+    let after = gw.request("POST", "/api/v2/sql", Some(&json!({"sql": count}).to_string())).await.body["rows"].clone();
+    assert_eq!(after[0][0].as_u64().unwrap(), before[0][0].as_u64().unwrap() + 40);
+    let kept = snapshots(&psql);
+    assert!(kept < had / 4, "snapshots {had} → {kept}");
+    let r = gw.request("POST", "/api/v2/sql", Some(&json!({"sql": "SELECT count(*) FROM events WHERE cluster_id = 'cluster-m'"}).to_string())).await;
+    assert_eq!(r.body["rows"], json!([[40]]), "{}", r.text);
+    assert!(parquet().await <= files_before + 1, "merged and cleaned up: {files_before} → {}", parquet().await);
+    // A second pass finds nothing to flush.
+    let db = gw.gateway.db().clone();
+    let again = tokio::task::spawn_blocking(move || db.maintain_lake(std::time::Duration::ZERO)).await.unwrap().unwrap();
+    assert_eq!(again.flushed_rows, 0);
 }
