@@ -73,7 +73,9 @@ pub enum FrontDoorErrors {
     /// `rate_limited` (with `Retry-After`) or `in_flight_cap` for this bearer
     #[response(status = 429)]
     TooManyRequests(ErrorBody),
-    /// `shutting_down` (with `Retry-After: 5`) or `in_flight_cap` for the process
+    /// `shutting_down` (with `Retry-After: 5`) or `in_flight_cap` for the process; on a lake, for
+    /// ingest and the export routes, `writer_unavailable` (with `Retry-After: 1`): no lake writer
+    /// answered, nothing was written
     #[response(status = 503)]
     Unavailable(ErrorBody),
     /// `request_header_fields_too_large`: the headers together are over `server.max_header_bytes`
