@@ -25,6 +25,8 @@ use std::time::Instant;
 
 #[path = "support/jwt.rs"]
 mod jwt;
+#[path = "support/wrk.rs"]
+mod wrk;
 
 const CONNECTIONS: usize = 32;
 const ROUND: &str = "4s";
@@ -77,52 +79,12 @@ fn start(scratch: &Path, name: &str, audit: &str) -> Gateway {
     Gateway { child, api }
 }
 
-/// CPU time the process `pid` has used so far (user + system), in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    let ticks = *TICKS.get_or_init(|| {
-        let out = Command::new("getconf").arg("CLK_TCK").output().expect("getconf");
-        String::from_utf8_lossy(&out.stdout).trim().parse().expect("CLK_TCK")
-    });
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
-    // The fields after the command name (which may hold spaces): utime and stime are the 12th and 13th.
-    let fields: Vec<&str> = stat.rsplit_once(')').expect("stat").1.split_whitespace().collect();
-    (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / ticks
-}
-
-/// One wrk run against the gateway process `pid`: requests per second, p50 and p99 in ms, and
-/// the gateway's CPU time per request in µs. Every answer must be a 2xx.
 fn wrk(url: &str, script: &Path, pid: u32) -> (f64, f64, f64, f64) {
-    let cpu_before = cpu_seconds(pid);
-    let out = Command::new("wrk")
-        .args(["-t1", &format!("-c{CONNECTIONS}"), &format!("-d{ROUND}"), "--latency", "-s"])
-        .arg(script)
-        .arg(url)
-        .output()
-        .expect("wrk (apt-get install wrk)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let result = text.lines().find_map(|l| l.strip_prefix("RESULT ")).unwrap_or_else(|| panic!("wrk: {text}"));
-    let f: Vec<f64> = result.split_whitespace().map(|x| x.parse().unwrap()).collect();
-    assert_eq!(f[4], 0.0, "{url}: {} answers were not 2xx", f[4]);
-    assert_eq!(f[5], 0.0, "{url}: {} socket errors", f[5]);
-    let cpu = cpu_seconds(pid) - cpu_before;
-    (f[0] / (f[1] / 1e6), f[2] / 1000.0, f[3] / 1000.0, cpu * 1e6 / f[0])
+    wrk::run(url, script, pid, CONNECTIONS, ROUND)
 }
 
 fn script(scratch: &Path, name: &str, method: &str, body: &str, headers: &[(&str, &str)]) -> PathBuf {
-    let mut lua = format!("wrk.method = {method:?}\nwrk.headers[\"Authorization\"] = \"Bearer {TOKEN}\"\n");
-    if !body.is_empty() {
-        lua += &format!("wrk.body = [[{body}]]\nwrk.headers[\"Content-Type\"] = \"application/json\"\n");
-    }
-    for (k, v) in headers {
-        lua += &format!("wrk.headers[{k:?}] = {v:?}\n");
-    }
-    lua += "done = function(s, latency, requests)\n  local e = s.errors\n  \
-            io.write(string.format(\"RESULT %d %d %d %d %d %d\\n\", s.requests, s.duration, latency:percentile(50), \
-            latency:percentile(99), e.status, e.connect + e.read + e.write + e.timeout))\nend\n";
-    let path = scratch.join(format!("{name}.lua"));
-    std::fs::write(&path, lua).unwrap();
-    path
+    wrk::script(scratch, name, method, body, headers, TOKEN)
 }
 
 /// A script that sends `body` to `/mcp` in the sessions `ids` (a Lua list), one after another.
@@ -162,11 +124,6 @@ fn mcp_session(api: &str) -> String {
         assert!(r.status().is_success());
         session
     })
-}
-
-fn median(mut v: Vec<(f64, f64, f64, f64)>) -> (f64, f64, f64, f64) {
-    v.sort_by(|a, b| a.0.total_cmp(&b.0));
-    v[v.len() / 2]
 }
 
 fn main() {
@@ -223,7 +180,7 @@ fn main() {
         }
         eprintln!("http: round {}/{ROUNDS} done after {:.0?}", round + 1, started.elapsed());
     }
-    let med: Vec<Vec<(f64, f64, f64, f64)>> = results.into_iter().map(|g| g.into_iter().map(median).collect()).collect();
+    let med: Vec<Vec<(f64, f64, f64, f64)>> = results.into_iter().map(|g| g.into_iter().map(wrk::median).collect()).collect();
     println!("| path | audit | calls/s | p50 ms | p99 ms | gateway CPU µs/call |");
     println!("|---|---|---|---|---|---|");
     for (g, audit) in ["/dev/null", "file"].iter().enumerate() {

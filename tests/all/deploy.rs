@@ -187,6 +187,66 @@ fn the_chart_handles_storage_classes_plain_http_and_refuses_what_cannot_work() {
 }
 
 #[test]
+fn the_chart_runs_replicas_on_a_lake_each_advertising_its_own_address_and_refuses_it_without_tls() {
+    let lake = json!({
+        "backend": "ducklake",
+        "ducklake": {
+            "catalogSecret": {"name": "lake-catalog", "key": "dsn"},
+            "dataPath": "s3://fleet/lake/",
+            "s3": {"endpoint": "minio.storage:9000", "urlStyle": "path", "credentialsSecret": {"name": "lake-s3"}},
+            "caSecret": {"name": "sluice-tls"}
+        }
+    });
+    let r = chart(json!({"replicaCount": 3, "database": lake, "networkPolicy": {"enabled": true}})).unwrap();
+    assert_eq!(one(&r, "StatefulSet")["spec"]["replicas"], 3);
+    let toml = rendered_toml(&r);
+    let config: toml::Value = toml::from_str(&toml).unwrap();
+    let db = &config["database"];
+    assert_eq!(db["backend"].as_str(), Some("ducklake"));
+    assert_eq!(db["ducklake"]["catalog"].as_str(), Some("file:/etc/sluice/lake/catalog"));
+    assert_eq!(db["ducklake"]["data_path"].as_str(), Some("s3://fleet/lake/"));
+    assert_eq!(db["ducklake"]["advertise_url"].as_str(), Some("env:SLUICE_ADVERTISE_URL"));
+    assert_eq!(db["ducklake"]["ca_file"].as_str(), Some("/etc/sluice/lake-ca/ca.pem"));
+    assert_eq!(db["ducklake"]["s3"]["key_id"].as_str(), Some("file:/etc/sluice/lake-s3/key_id"));
+    assert_eq!(db["ducklake"]["s3"]["url_style"].as_str(), Some("path"));
+    // Each pod advertises its own name on the headless Service.
+    let c = container(&r);
+    let env = c["env"].as_array().unwrap();
+    let advertise = env.iter().find(|e| e["name"] == "SLUICE_ADVERTISE_URL").expect("the advertised URL");
+    assert_eq!(advertise["value"], "https://$(POD_NAME).sluice-headless.$(POD_NAMESPACE).svc:8081");
+    assert!(env.iter().any(|e| e["name"] == "POD_NAME" && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"));
+    let pod = &one(&r, "StatefulSet")["spec"]["template"]["spec"];
+    let volumes = pod["volumes"].as_array().unwrap();
+    let catalog = volumes.iter().find(|v| v["name"] == "lake-catalog").unwrap();
+    assert_eq!(catalog["secret"], json!({"secretName": "lake-catalog", "items": [{"key": "dsn", "path": "catalog"}]}));
+    assert!(volumes.iter().any(|v| v["name"] == "lake-s3") && volumes.iter().any(|v| v["name"] == "lake-ca"));
+    for mount in ["/etc/sluice/lake", "/etc/sluice/lake-s3", "/etc/sluice/lake-ca"] {
+        assert!(c["volumeMounts"].as_array().unwrap().iter().any(|m| m["mountPath"] == mount), "{mount}");
+    }
+    // The pods reach each other's API (forwarding to the writer) through the NetworkPolicy.
+    let ingress = one(&r, "NetworkPolicy")["spec"]["ingress"].as_array().unwrap().clone();
+    assert!(ingress.iter().any(|rule| rule["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "sluice"), "{ingress:?}");
+    // sluice accepts the rendered configuration, naming the secret files it cannot see here.
+    let out = check_config(&toml, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("/etc/sluice/lake/catalog"), "{}", text(&out.stderr));
+    // With the default backend nothing of the lake is rendered.
+    let r = chart(json!({})).unwrap();
+    assert!(!rendered_toml(&r).contains("ducklake") && container(&r).get("env").is_none());
+
+    // Refused: the lake without TLS (pods could not reach each other), without a catalog, or
+    // with a data path that is not s3://.
+    let err = chart(json!({"database": lake, "plainHttp": {"enabled": true}})).unwrap_err();
+    assert!(err.contains("plainHttp.enabled") && err.contains("ducklake"), "{err}");
+    let err = chart(json!({"database": {"backend": "ducklake", "ducklake": {"dataPath": "s3://b/"}}})).unwrap_err();
+    assert!(err.contains("catalogSecret"), "{err}");
+    let err = chart(json!({"database": {"backend": "ducklake", "ducklake": {"catalogSecret": {"name": "c"}, "dataPath": "/data"}}})).unwrap_err();
+    assert!(err.contains("dataPath"), "{err}");
+    let err = chart(json!({"database": {"backend": "lakehouse"}})).unwrap_err();
+    assert!(err.contains("backend"), "{err}");
+}
+
+#[test]
 fn check_config_names_the_key_that_is_wrong() {
     for (toml, key) in [
         ("[rate_limit]\nrequests_per_secnd = 5\n", "requests_per_secnd"),

@@ -36,8 +36,9 @@ pub struct LakeConfig {
     /// `[database.ducklake.s3]`
     pub s3: S3Config,
     /// Where the other gateways reach this one's API when it is the writer (they forward ingest
-    /// and export runs to it): `https://host:port`, or `http://` to a loopback address. Default:
-    /// the address the API listener is bound to.
+    /// and export runs to it): `https://host:port`, or `http://` to a loopback address; or
+    /// `env:NAME`/`file:/path` holding it (a per-pod value). Default: the address the API
+    /// listener is bound to.
     pub advertise_url: Option<String>,
     /// PEM certificates to trust (besides the public roots) for the catalog's TLS and for other
     /// gateways' HTTPS when forwarding.
@@ -102,7 +103,7 @@ impl LakeConfig {
         if self.s3.key_id.is_some() != self.s3.secret.is_some() {
             return Err(format!("{at}.s3: give both key_id and secret, or neither"));
         }
-        if let Some(url) = &self.advertise_url {
+        if let Some(url) = self.advertise_url.as_ref().filter(|u| !crate::secret::is_reference(u)) {
             crate::lake::check_peer_url(url).map_err(|e| format!("{at}.advertise_url: {e}"))?;
         }
         if self.snapshot_retention.0 < Duration::from_secs(60) {

@@ -103,7 +103,14 @@ struct Shared {
 
 impl Coordinator {
     /// A reader until the election says otherwise; nothing runs until [`Coordinator::start`].
-    pub fn new(opts: Options) -> anyhow::Result<Self> {
+    /// An advertised URL given as `env:NAME`/`file:/path` (a per-pod value) is read now.
+    pub fn new(mut opts: Options) -> anyhow::Result<Self> {
+        if let Some(url) = opts.advertise_url.as_mut()
+            && crate::secret::is_reference(url)
+        {
+            *url = crate::secret::resolve("database.ducklake.advertise_url", url)?;
+            check_peer_url(url).map_err(|e| anyhow::anyhow!("database.ducklake.advertise_url: {e}"))?;
+        }
         let tls = crate::tls::client_config(opts.ca_file.as_deref())?;
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)

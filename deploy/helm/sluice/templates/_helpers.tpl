@@ -50,6 +50,17 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and .Values.plainHttp.enabled .Values.serviceMonitor.enabled }}
 {{- fail "plainHttp.enabled serves on the pod's loopback only, where Prometheus cannot scrape: turn serviceMonitor.enabled off, or serve TLS (tls.secretName)" }}
 {{- end }}
+{{- if eq .Values.database.backend "ducklake" }}
+{{- if .Values.plainHttp.enabled }}
+{{- fail "database.backend ducklake: the pods forward ingest and export runs to the lake's writer over the pod network, which plainHttp.enabled (loopback only) cannot reach: serve TLS (tls.secretName)" }}
+{{- end }}
+{{- if not .Values.database.ducklake.catalogSecret.name }}
+{{- fail "database.backend ducklake needs database.ducklake.catalogSecret.name: a Secret holding the catalog's libpq connection string" }}
+{{- end }}
+{{- if not (hasPrefix "s3://" .Values.database.ducklake.dataPath) }}
+{{- fail "database.backend ducklake needs database.ducklake.dataPath, an s3:// URL" }}
+{{- end }}
+{{- end }}
 {{- if and .Values.auth.existingSecret .Values.auth.bearers }}
 {{- fail "auth.existingSecret and auth.bearers are exclusive: name a Secret, or list the bearers for the chart to put in one" }}
 {{- end }}
