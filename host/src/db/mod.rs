@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use duckdb::types::Value as DuckValue;
 use duckdb::{Config, Connection};
 
+mod commit;
 mod guard;
 pub mod lake;
 mod values;
@@ -162,6 +163,9 @@ struct DbInner {
     pool_cv: Condvar,
     watchdog: Watchdog,
     opts: DbOptions,
+    /// The ingest writer thread's queue, started on first use (see `commit`).
+    ingest: std::sync::OnceLock<std::sync::mpsc::Sender<commit::Job>>,
+    ingest_commits: std::sync::atomic::AtomicU64,
 }
 
 impl Database {
@@ -189,6 +193,8 @@ impl Database {
                 pool_cv: Condvar::new(),
                 watchdog: Watchdog::start(),
                 opts,
+                ingest: std::sync::OnceLock::new(),
+                ingest_commits: Default::default(),
             }),
         })
     }

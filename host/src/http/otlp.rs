@@ -67,12 +67,8 @@ pub async fn ingest(
             sluice.ingest.rejected = converted.rejected,
         )
     });
-    let db = state.db.clone();
-    let rows = converted.rows;
-    let written = tokio::task::spawn_blocking(move || db.append_events(&rows))
-        .instrument(span.clone())
-        .await
-        .unwrap_or_else(|e| Err(anyhow::anyhow!("ingest task failed: {e}")));
+    // Committed with whatever other requests wait for the writer (group commit).
+    let written = state.db.ingest(converted.rows).instrument(span.clone()).await;
     if written.is_err() && !span.is_none() {
         span.record("otel.status_code", "error");
     }
