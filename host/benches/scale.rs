@@ -220,20 +220,39 @@ fn queries_and_replicas(scratch: &Path, [file, a, b]: [&Gateway; 3]) {
     println!("ratio lake / file, summary:       {:.3}", q[1].0 / q[0].0);
     println!("ratio lake / file, SQL aggregate: {:.3}", q[3].0 / q[2].0);
 
-    // 2. One gateway against two on the same lake, the same connections in all.
-    let (mut one, mut two) = (Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
-        one.push(wrk::run(&url(a, tool), &summary, a.process.0.id(), CONNECTIONS, ROUND).0);
-        two.push(spread([(&url(a, tool), &summary), (&url(b, tool), &summary)], CONNECTIONS / 2));
-        eprintln!("scale: replica round {}/{ROUNDS} done", round + 1);
-    }
+    // 2. One gateway against two on the same lake, the same connections in all: as they run
+    // here (sharing the machine's cores), and pinned to one core each (as replicas on their own
+    // machines would be: the second brings its own CPU).
     let med = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let (one, two) = (med(one), med(two));
-    println!("summary on the lake, one gateway: {one:.1} calls/s; two gateways: {two:.1} calls/s");
-    println!("ratio two / one gateway: {:.3}", two / one);
+    for pinned in [false, true] {
+        if pinned {
+            pin(a, "0");
+            pin(b, "1");
+        }
+        let (mut one, mut two) = (Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            one.push(wrk::run(&url(a, tool), &summary, a.process.0.id(), CONNECTIONS, ROUND).0);
+            two.push(spread([(&url(a, tool), &summary), (&url(b, tool), &summary)], CONNECTIONS / 2));
+            eprintln!("scale: replica round {}/{ROUNDS} done", round + 1);
+        }
+        let (one, two) = (med(one), med(two));
+        let how = if pinned { "one core per gateway" } else { "sharing the machine" };
+        println!("summary on the lake, {how}: one gateway {one:.1} calls/s, two gateways {two:.1} calls/s");
+        println!("ratio two / one gateway ({how}): {:.3}", two / one);
+    }
+    let all = format!("0-{}", std::thread::available_parallelism().map_or(1, |n| n.get()) - 1);
+    for g in [a, b] {
+        pin(g, &all);
+    }
+}
+
+/// Pins every thread of a gateway to `cpus` (taskset's list syntax).
+fn pin(g: &Gateway, cpus: &str) {
+    let ok = Command::new("taskset").args(["-a", "-p", "-c", cpus, &g.process.0.id().to_string()]).stdout(Stdio::null()).status();
+    assert!(ok.is_ok_and(|s| s.success()), "taskset (util-linux) could not pin the gateway");
 }
 
 /// 3. Ingest: points/s into the file, the lake's writer, and through its reader.
