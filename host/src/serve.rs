@@ -137,7 +137,7 @@ impl Gateway {
     /// the exports over whenever this gateway becomes the writer. Call inside a tokio runtime.
     pub fn start_lake(&self, lake: &crate::lake::Coordinator, url: String) {
         spawn_takeover(self, lake.roles());
-        lake.start(url, self.db().clone());
+        lake.start(url, self.db().clone(), self.state.metrics.clone());
     }
 
     /// The lake's writer election, on the `ducklake` backend.

@@ -46,7 +46,8 @@ fn replica(lake: &Lake, name: &str, cadence: Option<&str>) -> (TempDir, Server) 
     let dir = TempDir::new(name);
     std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
     std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
-    let config = format!("[plugins]\nwatch = false\n{}{}", lake.toml(""), export_config(lake, &dir, cadence));
+    // Upkeep every second: the writer compacts while the tests run.
+    let config = format!("[plugins]\nwatch = false\n{}{}", lake.toml("maintenance_interval = \"1s\""), export_config(lake, &dir, cadence));
     std::fs::write(dir.path().join("sluice.toml"), config).unwrap();
     let server = Server::start(&dir, &["--config", "sluice.toml"]);
     (dir, server)
@@ -182,6 +183,12 @@ async fn two_gateways_on_one_lake_answer_each_others_ingest_within_a_second_and_
     assert_eq!(metric_sum(reader, "sluice_export_duration_seconds_count").await, 0.0);
     let status: Value = http.get(format!("{}/api/v2/exports/nodes", reader.api)).bearer_auth(TOKEN).send().await.unwrap().json().await.unwrap();
     assert_eq!(status["sinkExports"][0]["synced"], "Exported", "{status}");
+
+    // Upkeep runs on the writer only, and keeps every row.
+    assert!(metric_sum(writer, "sluice_lake_maintenance_total{outcome=\"ok\"}").await >= 1.0);
+    assert_eq!(metric_sum(writer, "sluice_lake_maintenance_total{outcome=\"failed\"}").await, 0.0);
+    assert_eq!(metric_sum(reader, "sluice_lake_maintenance_total").await, 0.0);
+    assert_eq!(sql(&http, &reader.api, "SELECT count(*) FROM events WHERE cluster_id IN ('shared', 'fixed')").await, json!([[5]]));
 
     // The writer drains: the other takes over and serves ingest and exports on its own.
     let (was_writer_a, reader_api) = (std::ptr::eq(writer, &a), reader.api.clone());

@@ -5,7 +5,7 @@
 
 use super::Coordinator;
 
-pub(super) async fn run(lake: Coordinator, db: crate::db::Database) {
+pub(super) async fn run(lake: Coordinator, db: crate::db::Database, metrics: crate::metrics::Metrics) {
     let every = lake.shared.opts.maintenance_interval;
     let retention = lake.shared.opts.snapshot_retention;
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -20,7 +20,9 @@ pub(super) async fn run(lake: Coordinator, db: crate::db::Database) {
         }
         let db = db.clone();
         let started = std::time::Instant::now();
-        match tokio::task::spawn_blocking(move || db.maintain_lake(retention)).await {
+        let outcome = tokio::task::spawn_blocking(move || db.maintain_lake(retention)).await;
+        metrics.lake_maintenance(matches!(outcome, Ok(Ok(_))));
+        match outcome {
             Ok(Ok(done)) => tracing::info!(
                 flushed_rows = done.flushed_rows,
                 merged_files = done.merged_files,

@@ -137,10 +137,10 @@ impl Coordinator {
 
     /// Starts the election (and, as writer, the lake's maintenance over `db`). `url` is where
     /// this gateway's API listens; the advertised URL, when configured, wins.
-    pub fn start(&self, url: String, db: crate::db::Database) {
+    pub fn start(&self, url: String, db: crate::db::Database, metrics: crate::metrics::Metrics) {
         let url = self.shared.opts.advertise_url.clone().unwrap_or(url);
         tokio::spawn(election::run(self.shared.clone(), url));
-        tokio::spawn(maintenance::run(self.clone(), db));
+        tokio::spawn(maintenance::run(self.clone(), db, metrics));
     }
 
     /// Is this gateway the writer now?

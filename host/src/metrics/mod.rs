@@ -92,6 +92,7 @@ pub struct Metrics {
     sink_breaker_state: prometheus::IntGaugeVec,
     lake_forwarded: IntCounterVec,
     lake_writer: prometheus::IntGauge,
+    lake_maintenance: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -188,11 +189,16 @@ impl Metrics {
             "Requests a gateway that is not the lake's writer forwarded to it, by outcome (forwarded, no_writer, not_writer, failed, refused).",
             &["outcome"],
         );
+        let lake_maintenance = counter(
+            "sluice_lake_maintenance_total",
+            "Lake upkeep passes on the writer (flush inlined rows, merge files, expire snapshots), by outcome (ok, failed).",
+            &["outcome"],
+        );
         let lake_writer = prometheus::IntGauge::new("sluice_lake_writer", "1 while this gateway is the lake's writer, else 0.").expect("valid metric");
         registry.register(Box::new(lake_writer.clone())).expect("unique metric");
         for c in [
             &http_requests, &plugin_calls, &plugin_reloads, &auth_failures, &rate_limited, &ingest_points, &sink_errors,
-            &export_bytes, &export_debounced, &export_spill_warn, &sink_connection_tests, &lake_forwarded,
+            &export_bytes, &export_debounced, &export_spill_warn, &sink_connection_tests, &lake_forwarded, &lake_maintenance,
         ] {
             registry.register(Box::new(c.clone())).expect("unique metric");
         }
@@ -224,12 +230,18 @@ impl Metrics {
             sink_breaker_state,
             lake_forwarded,
             lake_writer,
+            lake_maintenance,
         }
     }
 
     /// A request forwarded (or not) to the lake's writer; `outcome` from a fixed set.
     pub fn lake_forwarded(&self, outcome: &'static str) {
         self.lake_forwarded.with_label_values(&[outcome]).inc();
+    }
+
+    /// A lake upkeep pass on the writer.
+    pub fn lake_maintenance(&self, ok: bool) {
+        self.lake_maintenance.with_label_values(&[if ok { "ok" } else { "failed" }]).inc();
     }
 
     /// Whether this gateway is the lake's writer.
