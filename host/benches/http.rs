@@ -18,9 +18,8 @@
 //! Rate limits are raised so that the limiter never answers; logs use the default filter and go
 //! to /dev/null.
 
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Instant;
 
 #[path = "support/jwt.rs"]
@@ -60,22 +59,7 @@ fn start(scratch: &Path, name: &str, audit: &str) -> Gateway {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .current_dir(scratch)
-        .args(["serve", "--plugins", "plugins", "--bearer-acl-file", "bearers.yaml", "--insecure-no-tls", "--db"])
-        .arg(&db)
-        .args(["--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(scratch.join(format!("{name}.log"))).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let Some(api) = line.split_whitespace().nth(2) else {
-        panic!("the gateway did not start: {}", std::fs::read_to_string(scratch.join(format!("{name}.log"))).unwrap_or_default())
-    };
-    let api = api.trim_start_matches("api=").to_owned();
+    let (child, api) = wrk::serve(scratch, name, &config, &["--db".as_ref(), db.as_os_str()]);
     Gateway { child, api }
 }
 

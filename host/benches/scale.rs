@@ -12,7 +12,6 @@
 //! 3. ingest of 1000-point OTLP requests: points/s into the file, into the lake's writer, and
 //!    through the lake's reader (forwarded to the writer).
 
-use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -63,21 +62,8 @@ fn start(scratch: &Path, name: &str, config: &str) -> Gateway {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .current_dir(scratch)
-        .args(["serve", "--plugins", "plugins", "--bearer-acl-file", "bearers.yaml", "--insecure-no-tls"])
-        .args(["--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0", "--config"])
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(scratch.join(format!("{name}.log"))).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let Some(api) = line.split_whitespace().nth(2) else {
-        panic!("{name} did not start: {}", std::fs::read_to_string(scratch.join(format!("{name}.log"))).unwrap_or_default())
-    };
-    Gateway { api: api.trim_start_matches("api=").to_owned(), process: Process(child) }
+    let (child, api) = wrk::serve(scratch, name, &path, &[]);
+    Gateway { api, process: Process(child) }
 }
 
 /// moto's S3 server on a free port, with the bucket `lake`.

@@ -3,8 +3,31 @@
 
 #![allow(dead_code)] // Each benchmark uses what it needs.
 
+use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+
+/// Starts the release binary: `sluice serve` in `scratch` on loopback port 0 with the plugins in
+/// `plugins/`, the bearers in `bearers.yaml`, plain HTTP, the configuration file `config` and
+/// `extra` arguments; its log goes to `<name>.log`. Returns the process and the API's URL.
+pub fn serve(scratch: &Path, name: &str, config: &Path, extra: &[&std::ffi::OsStr]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .current_dir(scratch)
+        .args(["serve", "--plugins", "plugins", "--bearer-acl-file", "bearers.yaml", "--insecure-no-tls"])
+        .args(["--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0", "--config"])
+        .arg(config)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(scratch.join(format!("{name}.log"))).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let Some(api) = line.split_whitespace().nth(2) else {
+        panic!("{name} did not start: {}", std::fs::read_to_string(scratch.join(format!("{name}.log"))).unwrap_or_default())
+    };
+    (child, api.trim_start_matches("api=").to_owned())
+}
 
 /// One run: requests per second, p50 and p99 in ms, the gateway's CPU time per request in µs.
 pub type Round = (f64, f64, f64, f64);

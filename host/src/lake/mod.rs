@@ -63,20 +63,7 @@ impl Role {
 /// A forwarding URL must not put bearers on the wire in the clear: `https://`, or `http://` to a
 /// loopback address.
 pub fn check_peer_url(url: &str) -> Result<(), String> {
-    let parsed = url::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-    match parsed.scheme() {
-        "https" => Ok(()),
-        "http" => {
-            let loopback = match parsed.host() {
-                Some(url::Host::Ipv4(a)) => a.is_loopback(),
-                Some(url::Host::Ipv6(a)) => a.is_loopback(),
-                Some(url::Host::Domain(d)) => d == "localhost",
-                None => false,
-            };
-            if loopback { Ok(()) } else { Err(format!("{url:?}: plain http only to a loopback address; use https")) }
-        }
-        other => Err(format!("{url:?}: the scheme must be https (or http to loopback), not {other}")),
-    }
+    crate::auth::jwt::check_url(url)
 }
 
 /// The writer election and what the replicas share: cheap to clone.
