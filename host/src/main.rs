@@ -399,6 +399,12 @@ fn demo_seed(db: &std::path::Path, clusters: usize, nodes: usize, hours: u32, se
 fn export_run(name: &str, common: &Common) -> anyhow::Result<()> {
     let config = load_config(common)?;
     config.validate()?;
+    // On a lake, exports belong to the elected writer: a run from here could overlap with its.
+    anyhow::ensure!(
+        config.database.backend != sluice::config::Backend::Ducklake,
+        "on a lake (database.backend = \"ducklake\") exports run on the gateway elected writer: \
+         ask any gateway with POST /api/v2/exports/{name}/run (it forwards to the writer)"
+    );
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async {
         let db = sluice::db::Database::open(config.database.to_options())?;

@@ -169,6 +169,24 @@ fn the_configuration_refuses_a_lake_it_cannot_reach_safely_naming_the_key() {
     assert!(not_s3.validate().unwrap_err().to_string().contains("database.ducklake.data_path"));
 }
 
+#[test]
+fn export_run_from_the_command_line_refuses_a_lake_and_names_the_api_to_use() {
+    let dir = TempDir::new("lake-export-run");
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        "[database]\nbackend = \"ducklake\"\n[database.ducklake]\ncatalog = \"env:NO_SUCH_CATALOG\"\ndata_path = \"s3://b/p/\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(crate::common::sluice_bin())
+        .current_dir(dir.path())
+        .args(["export", "run", "nodes", "--config", "sluice.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("POST /api/v2/exports/nodes/run") && err.contains("writer"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lake_that_cannot_be_reached_is_a_clear_error_without_the_password() {
     let lake = Lake::start().await;
