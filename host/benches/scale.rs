@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 #[path = "../../tests/support/pg_server.rs"]
 #[allow(dead_code)] // The benchmark uses the server, not its psql helpers.
 mod pg_server;
+#[path = "../../tests/support/moto.rs"]
+mod moto;
 #[path = "support/wrk.rs"]
 mod wrk;
 
@@ -66,28 +68,14 @@ fn start(scratch: &Path, name: &str, config: &str) -> Gateway {
     Gateway { api, process: Process(child) }
 }
 
-/// moto's S3 server on a free port, with the bucket `lake`.
-fn moto(rt: &tokio::runtime::Runtime) -> (Process, String) {
-    let dir = std::env::var("SLUICE_MOTO_DIR").expect("SLUICE_MOTO_DIR: run with `scripts/dev bench`, which installs moto");
-    let port = pg_server::free_port();
-    let child = Command::new("python3")
-        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-        .env("PYTHONPATH", dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting moto");
-    let url = format!("http://127.0.0.1:{port}");
+/// moto's S3 server, with the bucket `lake`.
+fn moto(rt: &tokio::runtime::Runtime) -> moto::Moto {
     rt.block_on(async {
-        let started = Instant::now();
-        while reqwest::get(&url).await.is_err() {
-            assert!(started.elapsed() < Duration::from_secs(60), "moto did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let r = reqwest::Client::new().put(format!("{url}/lake")).send().await.unwrap();
+        let moto = moto::Moto::start().await;
+        let r = reqwest::Client::new().put(format!("{}/lake", moto.url)).send().await.unwrap();
         assert!(r.status().is_success());
-    });
-    (Process(child), url)
+        moto
+    })
 }
 
 /// An OTLP JSON request of `points()` gauge points of one node in the cluster `ingested`.
@@ -123,7 +111,8 @@ fn main() {
     std::fs::write(scratch.join("bearers.yaml"), format!("- {{key_name: bench, token: {TOKEN}}}\n")).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let pg = pg_server::PgServer::start(&scratch.join("pg"), "bench-lake-pw");
-    let (_moto, store) = moto(&rt);
+    let store_server = moto(&rt);
+    let store = store_server.url.clone();
     std::fs::write(scratch.join("catalog"), format!("host=127.0.0.1 port={} dbname=postgres user=postgres password={}", pg.port, pg.password))
         .unwrap();
     std::fs::write(scratch.join("s3-key"), "bench").unwrap();

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::common::{GatewayOptions, TempDir, TestGateway};
 use crate::pg_server::PgServer;
-use crate::s3::Moto;
+use crate::moto::Moto;
 
 /// A catalog server, an object store with a bucket, and the secrets a gateway reaches them with.
 pub(crate) struct Lake {

@@ -20,6 +20,8 @@ mod lake_replicas;
 mod mcp;
 mod monitoring;
 mod otlp;
+#[path = "../support/moto.rs"]
+mod moto;
 #[path = "../support/pg_server.rs"]
 mod pg_server;
 mod postgres;

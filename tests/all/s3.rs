@@ -3,41 +3,13 @@
 //! and a missing bucket is a terminal error.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use sluice::config::{ByteSize, ExportBinding, ExportConfigEntry, HumanDuration, SinkConfigEntry};
 
 use crate::common::{GatewayOptions, TempDir, TestGateway, component};
-
-/// moto's S3 server on a free loopback port, stopped on drop.
-pub(crate) struct Moto {
-    child: Child,
-    pub(crate) url: String,
-}
-
-impl Moto {
-    pub(crate) async fn start() -> Self {
-        let dir = std::env::var("SLUICE_MOTO_DIR")
-            .expect("SLUICE_MOTO_DIR is not set: run the tests with `scripts/dev test`, which installs moto");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new("python3")
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-            .env("PYTHONPATH", dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting moto");
-        let url = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while reqwest::get(&url).await.is_err() {
-            assert!(Instant::now() < deadline, "moto did not start within 60 s");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Self { child, url }
-    }
-}
+use crate::moto::Moto;
 
 impl Moto {
     /// An object's content, read with a presigned GET (`None`: no such object).
@@ -48,13 +20,6 @@ impl Moto {
         let url = b.get_object(Some(&creds), key).sign(Duration::from_secs(60));
         let resp = reqwest::get(url.as_str()).await.unwrap();
         resp.status().is_success().then_some(resp.bytes().await.unwrap().to_vec())
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
