@@ -144,14 +144,14 @@ pub struct Calls<'a> {
 
 impl Calls<'_> {
     /// Finds a tool in the current registry snapshot (the call runs on that version whatever
-    /// reloads happen meanwhile).
+    /// reloads happen meanwhile); with a canary running, the version this call goes to.
     pub fn find(&self, name: &str) -> Result<Arc<LoadedTool>, CallFailure> {
         if !is_valid_tool_name(name) {
             return Err(CallFailure::InvalidRequest(format!(
                 "invalid tool name {name:?}: names match ^[a-z][a-z0-9_.]{{1,127}}$"
             )));
         }
-        self.runtime.registry().get(name).cloned().ok_or_else(|| CallFailure::NotFound(name.to_owned()))
+        self.runtime.registry().pick(name).cloned().ok_or_else(|| CallFailure::NotFound(name.to_owned()))
     }
 
     /// One call: find the tool, then take the arguments (`args` runs only for a tool that

@@ -25,6 +25,8 @@ pub mod http;
 pub mod ingest;
 pub mod lake;
 pub mod metrics;
+pub mod oci;
+pub mod publish;
 pub mod ratelimit;
 pub mod reload;
 pub mod secret;

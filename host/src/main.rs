@@ -123,6 +123,8 @@ enum PluginCommand {
     },
     /// Call a tool once against the local database, without the HTTP server.
     Call(CallArgs),
+    #[command(flatten)]
+    Publish(sluice::publish::Publish),
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -290,6 +292,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(ExportCommand::Run { name, common }) => export_run(&name, &common),
         Command::Probe { url, timeout } => probe(&url, std::time::Duration::from_secs(timeout)),
         Command::Plugin(PluginCommand::Inspect { file, json }) => inspect(&file, json),
+        Command::Plugin(PluginCommand::Publish(p)) => sluice::publish::run(p),
         Command::Dev(a) => {
             let mut config = match &a.config {
                 Some(p) => Config::load(p)?,

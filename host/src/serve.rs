@@ -75,7 +75,10 @@ impl Gateway {
             }
         };
         let auth = AuthStore::with_jwt(auth, config.auth.rotation_grace.0, audit.clone(), jwt)?;
-        let runtime = Runtime::new(config.plugins.clone(), metrics.clone())?;
+        let runtime = Runtime::without_plugins(config.plugins.clone(), metrics.clone())?;
+        runtime.set_audit(audit.clone());
+        crate::runtime::block_on(runtime.poll_sources());
+        runtime.reload();
         watchers.extend(auth.watch()?);
         let exports = Arc::new(
             crate::export::engine::ExportEngine::new(runtime.clone(), db.clone(), metrics.clone(), &config.sinks, &config.exports)
@@ -86,6 +89,7 @@ impl Gateway {
         }
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             exports.test_on_start(&handle);
+            spawn_supply(&handle, &runtime, config.plugins.tools.values().any(|t| t.rollout.is_some()));
         }
         let limiter = Arc::new(Limiter::new(LimitSettings {
             requests_per_second: config.rate_limit.requests_per_second,
@@ -405,6 +409,37 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Polls each registry source on its interval (reloading when one pulled something new), and
+/// settles canaries every second when a rollout policy is configured; until the runtime is gone.
+fn spawn_supply(handle: &tokio::runtime::Handle, runtime: &Arc<Runtime>, rollouts: bool) {
+    for (name, every) in runtime.sources().schedule() {
+        let rt = Arc::downgrade(runtime);
+        handle.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await; // The first poll happened while building.
+            loop {
+                tick.tick().await;
+                let Some(runtime) = rt.upgrade() else { return };
+                if runtime.poll_source(&name).await {
+                    let _ = tokio::task::spawn_blocking(move || runtime.reload()).await;
+                }
+            }
+        });
+    }
+    if rollouts {
+        let rt = Arc::downgrade(runtime);
+        handle.spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(runtime) = rt.upgrade() else { return };
+                let _ = tokio::task::spawn_blocking(move || runtime.settle_rollouts()).await;
+            }
+        });
     }
 }
 

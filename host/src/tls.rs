@@ -9,8 +9,7 @@ use axum_server::tls_rustls::RustlsConfig;
 
 /// Loads the certificate chain and private key.
 pub async fn load(cert: &Path, key: &Path) -> anyhow::Result<RustlsConfig> {
-    // One process-wide provider; a second install (tests, embedding) is harmless.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    install_provider();
     RustlsConfig::from_pem_file(cert, key).await.with_context(|| {
         format!(
             "loading the TLS certificate {} and key {} (PEM; the key may be PKCS#8, PKCS#1 or SEC1)",
@@ -18,6 +17,12 @@ pub async fn load(cert: &Path, key: &Path) -> anyhow::Result<RustlsConfig> {
             key.display()
         )
     })
+}
+
+/// Installs the process-wide rustls provider (ring), for the listeners and for clients that use
+/// the default one (the OCI registry client). A second install (tests, embedding) is harmless.
+pub fn install_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// The TLS client configuration for outgoing connections: the public roots (webpki-roots) and

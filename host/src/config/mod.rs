@@ -13,9 +13,11 @@ use serde::Deserialize;
 
 mod check;
 mod lake;
+mod supply;
 mod units;
 pub use units::{ByteSize, HumanDuration};
 pub use lake::{Backend, LakeConfig, S3Config};
+pub use supply::{OciSource, Rollout, TrustKey, matches_any};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -379,6 +381,12 @@ pub struct PluginsConfig {
     /// Digest pinning: file name (e.g. `fleet-cluster-summary.wasm`) → expected SHA-256 (hex).
     /// A pinned file whose digest differs is refused and never runs.
     pub pinned: BTreeMap<String, String>,
+    /// Tool components pulled from OCI registries, by the name the plugin list shows.
+    pub oci: BTreeMap<String, OciSource>,
+    /// Keys allowed to sign components.
+    pub trust: Vec<TrustKey>,
+    /// Refuse a component of the plugins directory unless a trusted key signed it (`<file>.sig`).
+    pub require_signature: bool,
 }
 
 impl Default for PluginsConfig {
@@ -392,6 +400,9 @@ impl Default for PluginsConfig {
             max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
             tools: BTreeMap::new(),
             pinned: BTreeMap::new(),
+            oci: BTreeMap::new(),
+            trust: Vec::new(),
+            require_signature: false,
         }
     }
 }
@@ -404,6 +415,11 @@ pub struct ToolOverride {
     pub deadline: Option<HumanDuration>,
     /// This tool's memory limit.
     pub memory_limit: Option<ByteSize>,
+    /// Arguments of a smoke call a new version must answer (checked against its output schema)
+    /// before it serves.
+    pub smoke_args: Option<serde_json::Value>,
+    /// How a new version takes over (canary share, promotion, automatic rollback).
+    pub rollout: Option<Rollout>,
 }
 
 impl Config {
@@ -463,6 +479,7 @@ impl Config {
                 anyhow::ensure!(names.contains(spill.as_str()), "export {:?} spills to sink {spill:?}, which no [[sink]] defines", export.name);
             }
         }
+        self.plugins.validate_supply()?;
         for (file, digest) in &self.plugins.pinned {
             anyhow::ensure!(
                 digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()),

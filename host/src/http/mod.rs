@@ -143,6 +143,8 @@ const ROUTES: &[(&str, bool)] = &[
     ("/api/v2/sinks/{name}/test", false),
     ("/api/v2/admin/plugins", false),
     ("/api/v2/admin/plugins/reload", false),
+    ("/api/v2/admin/rollouts/{name}/promote", false),
+    ("/api/v2/admin/rollouts/{name}/rollback", false),
     ("/metrics", false),
     (oauth::WELL_KNOWN, true),
     // The status page authenticates itself (a bearer, or its session cookie).
@@ -176,6 +178,8 @@ pub fn api_service(state: AppState, max_body: usize) -> FrontDoor {
             "/api/v2/sinks/{name}/test" => post(exports::test),
             "/api/v2/admin/plugins" => get(tools::plugins),
             "/api/v2/admin/plugins/reload" => post(tools::reload),
+            "/api/v2/admin/rollouts/{name}/promote" => post(tools::promote),
+            "/api/v2/admin/rollouts/{name}/rollback" => post(tools::rollback),
             "/metrics" => get(metrics),
             oauth::WELL_KNOWN | "/.well-known/oauth-protected-resource/{*path}" => get(oauth::metadata),
             "/status" => get(status::page),

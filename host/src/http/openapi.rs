@@ -35,6 +35,8 @@ impl Modify for BearerAuth {
         super::tools::call,
         super::tools::plugins,
         super::tools::reload,
+        super::tools::promote,
+        super::tools::rollback,
         super::sql::sql,
         super::otlp::ingest,
         super::exports::list,
@@ -48,7 +50,7 @@ impl Modify for BearerAuth {
     ),
     components(schemas(ErrorBody, SqlRequest, SqlResult, ToolCall, ToolResult, ToolList, ToolDescription, WhoAmI,
         BearerCapabilities, Health, Versions, BinaryVersion, ApiCapabilities, PluginList, ReloadResult, FailedFile,
-        crate::runtime::PluginStatus, crate::export::sink::SinkReload, super::oauth::ResourceMetadata)),
+        crate::runtime::PluginStatus, crate::runtime::rollout::RolloutStatus, crate::export::sink::SinkReload, super::oauth::ResourceMetadata)),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
 )]

@@ -134,3 +134,44 @@ pub async fn reload(State(state): State<AppState>, Admin(caller): Admin) -> Resu
         sinks,
     }))
 }
+
+/// `POST /api/v2/admin/rollouts/{name}/promote`: the tool's canary takes all calls now.
+#[utoipa::path(post, path = "/api/v2/admin/rollouts/{name}/promote", params(("name" = String, Path, description = "Tool name")), responses(
+        (status = 200, description = "The rollout after the decision", body = crate::runtime::rollout::RolloutStatus),
+        (status = 404, description = "`not_found`: the tool has no canary", body = wire::ErrorBody),
+        (status = 403, description = "`tenant_scoped_bearer_refused`, or `admin_permission_required` without the admin permission", body = wire::ErrorBody),
+        wire::FrontDoorErrors,
+))]
+pub async fn promote(state: State<AppState>, admin: Admin, name: axum::extract::Path<String>) -> Result<impl IntoResponse, ApiError> {
+    decide(state, admin, name, crate::runtime::rollout::Decision::Promoted).await
+}
+
+/// `POST /api/v2/admin/rollouts/{name}/rollback`: the tool's canary is dropped, the serving
+/// version takes all calls and the new content is marked failed.
+#[utoipa::path(post, path = "/api/v2/admin/rollouts/{name}/rollback", params(("name" = String, Path, description = "Tool name")), responses(
+        (status = 200, description = "The rollout after the decision", body = crate::runtime::rollout::RolloutStatus),
+        (status = 404, description = "`not_found`: the tool has no canary", body = wire::ErrorBody),
+        (status = 403, description = "`tenant_scoped_bearer_refused`, or `admin_permission_required` without the admin permission", body = wire::ErrorBody),
+        wire::FrontDoorErrors,
+))]
+pub async fn rollback(state: State<AppState>, admin: Admin, name: axum::extract::Path<String>) -> Result<impl IntoResponse, ApiError> {
+    decide(state, admin, name, crate::runtime::rollout::Decision::RolledBack).await
+}
+
+async fn decide(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    d: crate::runtime::rollout::Decision,
+) -> Result<axum::Json<crate::runtime::rollout::RolloutStatus>, ApiError> {
+    let (rt, tool) = (state.runtime.clone(), name.clone());
+    let by = format!("bearer {}", caller.identity.key_name);
+    let status = tokio::task::spawn_blocking(move || rt.decide_rollout(&tool, d, &by)).await.map_err(|e| ApiError::ToolBackendFailure {
+        tool: "admin.rollout".into(),
+        req_id: caller.req_id.to_string(),
+        detail: e.to_string(),
+    })?;
+    let status = status.ok_or(ApiError::UnknownName { what: "canary for the tool", name: name.clone() })?;
+    state.audit.record(caller.audit("plugin_rollout_decided_by_admin").with("tool", name).with("state", status.state));
+    Ok(axum::Json(status))
+}

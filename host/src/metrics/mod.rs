@@ -7,6 +7,7 @@ use std::time::Duration;
 use axum::http::Method;
 mod auth;
 mod sandbox;
+mod supply;
 
 use auth::{AuditMetrics, AuthMetrics};
 pub use sandbox::{PluginSeries, RECENT_MINUTES};
@@ -81,6 +82,7 @@ pub struct Metrics {
     auth: AuthMetrics,
     audit: AuditMetrics,
     sandbox: SandboxMetrics,
+    supply: supply::SupplyMetrics,
     rate_limited: IntCounterVec,
     ingest_points: IntCounterVec,
     sink_errors: IntCounterVec,
@@ -208,6 +210,7 @@ impl Metrics {
         let auth = AuthMetrics::new(&registry);
         let audit = AuditMetrics::new(&registry);
         let sandbox = SandboxMetrics::new(&registry);
+        let supply = supply::SupplyMetrics::new(&registry);
         Self {
             registry,
             http_requests,
@@ -219,6 +222,7 @@ impl Metrics {
             auth,
             audit,
             sandbox,
+            supply,
             rate_limited,
             ingest_points,
             sink_errors,

@@ -19,8 +19,7 @@ use super::engine::CacheOutcome;
 /// How long `describe` may take when a component is loaded, tool or sink.
 pub const DESCRIBE_DEADLINE: Duration = Duration::from_secs(5);
 
-/// Largest component file accepted.
-pub const MAX_COMPONENT_BYTES: u64 = 64 << 20;
+pub use crate::oci::MAX_COMPONENT_BYTES;
 
 /// A store state with a memory limit.
 pub trait Limited: Send + 'static {

@@ -5,8 +5,11 @@ pub mod component;
 pub mod engine;
 pub mod netpolicy;
 pub mod registry;
+pub mod rollout;
 pub mod sinks;
+pub mod sources;
 pub mod tools;
+pub mod trust;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,6 +49,12 @@ pub struct Runtime {
     cancel: Arc<AtomicBool>,
     /// Built on first use: a gateway without sinks never links `wasi:http`.
     sink_linker: std::sync::OnceLock<Linker<sinks::SinkState>>,
+    /// The keys allowed to sign components.
+    trust: trust::Trust,
+    /// Tool components from OCI registries.
+    sources: sources::OciSources,
+    /// Where refusals and rollout decisions are audited (the server's audit log).
+    audit: std::sync::OnceLock<crate::audit::AuditLog>,
 }
 
 /// Runs a future to completion from synchronous code (loading, the CLI, benchmarks): on the
@@ -78,8 +87,53 @@ impl Runtime {
     /// Builds the runtime and loads every component in the plugins directory.
     pub fn new(config: PluginsConfig, metrics: Metrics) -> anyhow::Result<Arc<Self>> {
         let rt = Self::without_plugins(config, metrics)?;
+        block_on(rt.poll_sources());
         rt.reload();
         Ok(rt)
+    }
+
+    /// Polls every registry source once (each bounded to 30 s); the next reload loads what changed.
+    pub async fn poll_sources(&self) -> bool {
+        let mut changed = false;
+        for (name, _) in self.sources.schedule() {
+            changed |= self.poll_source(&name).await;
+        }
+        changed
+    }
+
+    /// Polls one registry source: `true` when something new was pulled. A failure is logged,
+    /// counted and shown in the plugin list; what was loaded keeps serving.
+    pub async fn poll_source(&self, name: &str) -> bool {
+        let r = tokio::time::timeout(Duration::from_secs(30), self.sources.poll(name))
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the registry did not answer within 30s")));
+        match r {
+            Ok(changed) => {
+                self.metrics.plugin_source_poll(if changed { "changed" } else { "unchanged" });
+                changed
+            }
+            Err(e) => {
+                self.metrics.plugin_source_poll("failed");
+                tracing::warn!(source = %name, error = %format!("{e:#}"), "Registry source could not be polled; what is loaded keeps serving.");
+                false
+            }
+        }
+    }
+
+    /// The registry sources (their names and poll intervals, for the poller).
+    pub fn sources(&self) -> &sources::OciSources {
+        &self.sources
+    }
+
+    /// Sends refusals and rollout decisions to `audit` from now on.
+    pub fn set_audit(&self, audit: crate::audit::AuditLog) {
+        let _ = self.audit.set(audit);
+    }
+
+    fn audit_event(&self, ev: crate::audit::AuditEvent) {
+        if let Some(a) = self.audit.get() {
+            a.record(ev);
+        }
     }
 
     /// Builds the runtime without loading the plugins directory (`reload` loads it): for
@@ -101,6 +155,8 @@ impl Runtime {
         let linker = tools::linker(engine.engine())?;
         let cache = ArtifactCache::new(engine.engine(), Some(&config.cache_dir));
         let permits = Arc::new(Semaphore::new(config.max_concurrent_calls));
+        let trust = trust::Trust::new(&config.trust)?;
+        let sources = sources::OciSources::new(config.oci.clone(), &config.cache_dir);
         let rt = Arc::new(Self {
             engine,
             linker,
@@ -114,6 +170,9 @@ impl Runtime {
             metrics,
             cancel: Arc::new(AtomicBool::new(false)),
             sink_linker: std::sync::OnceLock::new(),
+            trust,
+            sources,
+            audit: std::sync::OnceLock::new(),
         });
         Ok(rt)
     }
@@ -157,6 +216,7 @@ impl Runtime {
             Err(_) => {
                 let err = if self.cancel.load(Ordering::Relaxed) { CallError::Cancelled } else { CallError::Timeout(limit) };
                 self.series(&this).call(err.outcome(), started.elapsed(), None, 0);
+                self.observe_rollout(&this, Some(&err));
                 Err(err)
             }
         }
@@ -216,6 +276,7 @@ impl Runtime {
         };
         let outcome = result.as_ref().err().map_or("ok", CallError::outcome);
         self.series(&tool).call(outcome, started.elapsed(), instantiated, peak);
+        self.observe_rollout(&tool, result.as_ref().err());
         if let Err(e) = &result {
             let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
             *tool.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some((at, e.to_string()));

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 use super::engine::CacheOutcome;
+use super::rollout::{Canary, RolloutStatus, settle};
 use super::tools::{ToolInfo, ToolPre, ToolState};
+use super::trust::{Evidence, Refused};
 use super::Runtime;
 
 pub use super::component::{DESCRIBE_DEADLINE, MAX_COMPONENT_BYTES};
@@ -34,8 +36,12 @@ pub struct LoadedTool {
     pub allow_tenant_scoped: bool,
     /// SHA-256 (hex) of the component file.
     pub digest: String,
-    /// The file it came from.
+    /// The file it came from (for a registry source, the pulled copy in the cache).
     pub path: PathBuf,
+    /// The registry reference and manifest digest it was pulled from, if it came from one.
+    pub source: Option<String>,
+    /// The id of the trusted key that signed it, if a signature was checked.
+    pub signed_by: Option<String>,
     /// When it was loaded.
     pub loaded_at: SystemTime,
     /// The call deadline that applies to it.
@@ -98,13 +104,44 @@ pub struct PluginStatus {
     pub last_error: Option<String>,
     /// SHA-256 of the refused content.
     pub rejected_digest: Option<String>,
+    /// Why the trust policy refused it (`unsigned`, `bad_signature`, `key_not_allowed`), or
+    /// `rolled_back` when its rollout rolled it back.
+    pub refusal: Option<&'static str>,
+    /// For a registry source: the reference and the digest it resolved to.
+    pub source: Option<String>,
+    /// The trusted key that signed the serving version.
+    pub signed_by: Option<String>,
+    /// The tool's rollout, while a new version is a canary (or just decided).
+    pub rollout: Option<RolloutStatus>,
 }
 
 #[derive(Clone)]
-struct FileEntry {
-    serving: Option<Arc<LoadedTool>>,
-    attempted_digest: String,
-    error: Option<String>,
+pub(super) struct FileEntry {
+    pub(super) serving: Option<Arc<LoadedTool>>,
+    pub(super) attempted_digest: String,
+    /// The digest, the signature evidence and the policy the attempt was made with: a change
+    /// of any of them is tried again.
+    pub(super) attempted: String,
+    pub(super) error: Option<String>,
+    pub(super) refusal: Option<&'static str>,
+    pub(super) canary: Option<Arc<Canary>>,
+}
+
+impl FileEntry {
+    fn failed(error: String) -> Self {
+        Self { serving: None, attempted_digest: String::new(), attempted: String::new(), error: Some(error), refusal: None, canary: None }
+    }
+}
+
+/// A component to load: from the plugins directory or pulled from a registry.
+pub(super) struct Candidate {
+    /// How the plugin list names it (`file.wasm`, or `oci:<name>`).
+    pub(super) file: String,
+    pub(super) path: PathBuf,
+    pub(super) evidence: Evidence,
+    pub(super) require_signature: bool,
+    /// `reference@digest` for a registry source.
+    pub(super) source: Option<String>,
 }
 
 /// An immutable snapshot of the loaded tools.
@@ -112,14 +149,30 @@ struct FileEntry {
 pub struct Registry {
     /// Increases with every reload that changed something.
     pub generation: u64,
-    tools: BTreeMap<String, Arc<LoadedTool>>,
-    files: BTreeMap<String, FileEntry>,
+    pub(super) tools: BTreeMap<String, Arc<LoadedTool>>,
+    pub(super) files: BTreeMap<String, FileEntry>,
+    /// Canaries by tool name.
+    pub(super) canaries: BTreeMap<String, Arc<Canary>>,
 }
 
 impl Registry {
-    /// The tool with this name.
+    /// The tool with this name: the version serving (not a canary).
     pub fn get(&self, name: &str) -> Option<&Arc<LoadedTool>> {
         self.tools.get(name)
+    }
+
+    /// The version a call of `name` goes to: with a canary running, the canary for its share
+    /// of calls and the serving version for the rest.
+    pub fn pick(&self, name: &str) -> Option<&Arc<LoadedTool>> {
+        match self.canaries.get(name) {
+            Some(c) => Some(c.pick()),
+            None => self.tools.get(name),
+        }
+    }
+
+    /// The canary of `name`, if one is running or was just decided.
+    pub fn canary(&self, name: &str) -> Option<&Arc<Canary>> {
+        self.canaries.get(name)
     }
 
     /// Every tool, by name.
@@ -142,6 +195,10 @@ impl Registry {
                     status: if e.error.is_some() { "failed" } else { "loaded" },
                     last_error: e.error.clone(),
                     rejected_digest: e.error.as_ref().map(|_| e.attempted_digest.clone()),
+                    refusal: e.refusal,
+                    source: s.and_then(|t| t.source.clone()),
+                    signed_by: s.and_then(|t| t.signed_by.clone()),
+                    rollout: e.canary.as_ref().map(|c| c.status()),
                 }
             })
             .collect()
@@ -188,54 +245,44 @@ impl Runtime {
         let current = self.registry.load_full();
         let mut report = ReloadReport::default();
         let mut files: BTreeMap<String, FileEntry> = BTreeMap::new();
-        let mut changed = false;
+        let mut settled = BTreeMap::new();
+        let mut changed = settle(&current, &mut settled);
 
-        for path in list_components(&self.config.dir) {
-            let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-            let previous = current.files.get(&file);
-            let bytes = match super::component::read(&path) {
+        let (candidates, unavailable) = self.candidates();
+        for (file, error) in unavailable {
+            // A registry source never pulled (its registry unreachable so far).
+            if current.files.get(&file).is_none_or(|p| p.error.as_deref() != Some(error.as_str())) {
+                changed = true;
+                report.failed.push((file.clone(), error.clone()));
+            }
+            files.insert(file, FileEntry::failed(error));
+        }
+        for c in candidates {
+            let file = c.file.clone();
+            let previous = settled.remove(&file).or_else(|| current.files.get(&file).cloned());
+            let bytes = match super::component::read(&c.path) {
                 Ok(b) => b,
                 Err(e) => {
                     // Unreadable right now (e.g. being replaced): keep whatever we had.
                     if let Some(prev) = previous {
-                        files.insert(file, prev.clone());
+                        files.insert(file, prev);
                     } else {
                         report.failed.push((file.clone(), e.clone()));
-                        files.insert(file, FileEntry { serving: None, attempted_digest: String::new(), error: Some(e) });
+                        files.insert(file, FileEntry::failed(e));
                         changed = true;
                     }
                     continue;
                 }
             };
             let digest = super::component::digest(&bytes);
-            if let Some(prev) = previous.filter(|p| p.attempted_digest == digest) {
+            let attempted = format!("{digest}/{}/{}", c.evidence.fingerprint(), c.require_signature);
+            if let Some(prev) = previous.as_ref().filter(|p| p.attempted == attempted) {
                 files.insert(file, prev.clone());
                 continue;
             }
             changed = true;
-            match self.load_component(&file, &path, &digest, &bytes) {
-                Ok((tool, outcome)) => {
-                    if outcome == CacheOutcome::Hit {
-                        report.cache_hits += 1;
-                    }
-                    tracing::info!(file = %file, plugin = %tool.name, version = %tool.version, digest = %digest, cached = (outcome == CacheOutcome::Hit), "Plugin loaded.");
-                    report.loaded.push(file.clone());
-                    files.insert(file, FileEntry { serving: Some(Arc::new(tool)), attempted_digest: digest, error: None });
-                }
-                Err(e) => {
-                    let e = format!("{e:#}");
-                    tracing::warn!(file = %file, digest = %digest, error = %e, "Plugin refused; the previous version (if any) keeps serving.");
-                    report.failed.push((file.clone(), e.clone()));
-                    files.insert(
-                        file,
-                        FileEntry {
-                            serving: previous.and_then(|p| p.serving.clone()),
-                            attempted_digest: digest,
-                            error: Some(e),
-                        },
-                    );
-                }
-            }
+            let entry = self.try_load(&c, &bytes, digest, attempted, previous.as_ref(), &mut report);
+            files.insert(file, entry);
         }
         for file in current.files.keys() {
             if !files.contains_key(file) {
@@ -246,16 +293,26 @@ impl Runtime {
         }
 
         let tools = claim_names(&mut files, &mut report);
+        let canaries = files
+            .values()
+            .filter_map(|e| e.canary.clone())
+            .filter(|c| tools.get(&c.stable.name).is_some_and(|t| Arc::ptr_eq(t, &c.stable)))
+            .map(|c| (c.tool.name.clone(), c))
+            .collect();
         let generation = current.generation + u64::from(changed);
         report.generation = generation;
         if changed {
             // The series of versions no longer served go, so the metrics name only what is loaded.
-            for old in current.tools.values() {
-                if tools.get(&old.name).is_none_or(|t| t.version != old.version) {
+            let kept = |name: &str, version: &str| {
+                tools.get(name).is_some_and(|t| t.version == version)
+                    || files.values().any(|e| e.canary.as_ref().is_some_and(|c| c.tool.name == name && c.tool.version == version))
+            };
+            for old in current.tools.values().chain(current.canaries.values().map(|c| &c.tool)) {
+                if !kept(&old.name, &old.version) {
                     self.metrics.forget_plugin_version(&old.name, &old.version);
                 }
             }
-            self.registry.store(Arc::new(Registry { generation, tools, files }));
+            self.registry.store(Arc::new(Registry { generation, tools, files, canaries }));
             self.generation.send_replace(generation);
             self.metrics_reloaded(&report);
             tracing::info!(generation, loaded = report.loaded.len(), failed = report.failed.len(), removed = report.removed.len(), elapsed_ms = started.elapsed().as_millis() as u64, "Plugin registry updated.");
@@ -264,13 +321,96 @@ impl Runtime {
         report
     }
 
+    /// Loads a changed component; on failure the previous version (if any) keeps serving. With
+    /// a rollout policy, a new version of a serving tool starts as a canary.
+    fn try_load(
+        &self,
+        c: &Candidate,
+        bytes: &[u8],
+        digest: String,
+        attempted: String,
+        previous: Option<&FileEntry>,
+        report: &mut ReloadReport,
+    ) -> FileEntry {
+        let file = &c.file;
+        let stable = previous.and_then(|p| p.serving.clone());
+        match self.load_component(c, &digest, bytes) {
+            Ok((tool, outcome)) => {
+                if outcome == CacheOutcome::Hit {
+                    report.cache_hits += 1;
+                }
+                tracing::info!(file = %file, plugin = %tool.name, version = %tool.version, digest = %digest, source = tool.source.as_deref().unwrap_or("file"), signed_by = tool.signed_by.as_deref().unwrap_or("-"), cached = (outcome == CacheOutcome::Hit), "Plugin loaded.");
+                report.loaded.push(file.clone());
+                let tool = Arc::new(tool);
+                let policy = self.config.tools.get(&tool.name).and_then(|o| o.rollout.clone());
+                let (serving, canary) = match (stable, policy) {
+                    (Some(old), Some(policy)) if old.name == tool.name => {
+                        tracing::info!(file = %file, plugin = %tool.name, version = %tool.version, share = policy.canary_share, "New version starts as a canary.");
+                        self.audit_event(crate::audit::AuditEvent::new("plugin_canary_started").with("file", file.as_str()).with("tool", tool.name.as_str()).with("version", tool.version.as_str()).with("digest", digest.as_str()));
+                        (Some(old.clone()), Some(Arc::new(Canary::new(tool, old, policy))))
+                    }
+                    _ => (Some(tool), None),
+                };
+                FileEntry { serving, attempted_digest: digest, attempted, error: None, refusal: None, canary }
+            }
+            Err(e) => {
+                let refusal = e.downcast_ref::<Refused>().map(|r| r.reason.as_str());
+                let e = format!("{e:#}");
+                tracing::warn!(file = %file, digest = %digest, error = %e, "Plugin refused; the previous version (if any) keeps serving.");
+                self.metrics.plugin_refused(refusal.unwrap_or("invalid"));
+                self.audit_event(
+                    crate::audit::AuditEvent::new("plugin_refused")
+                        .with("file", file.as_str())
+                        .with("digest", digest.as_str())
+                        .with("reason", refusal.unwrap_or("invalid"))
+                        .with("error", e.as_str())
+                        .with("source", c.source.clone().unwrap_or_else(|| "file".into())),
+                );
+                report.failed.push((file.clone(), e.clone()));
+                FileEntry { serving: stable, attempted_digest: digest, attempted, error: Some(e), refusal, canary: None }
+            }
+        }
+    }
+
+    /// What to load: the plugins directory's components and the registry sources' pulled ones;
+    /// and the registry sources with nothing pulled yet, with why.
+    fn candidates(&self) -> (Vec<Candidate>, Vec<(String, String)>) {
+        let mut out: Vec<Candidate> = list_components(&self.config.dir)
+            .into_iter()
+            .map(|path| {
+                let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+                let mut sig = path.clone().into_os_string();
+                sig.push(".sig");
+                let signature = std::fs::read_to_string(sig).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+                Candidate { file, path, evidence: Evidence::File { signature }, require_signature: self.config.require_signature, source: None }
+            })
+            .collect();
+        let mut unavailable = Vec::new();
+        for (name, state) in self.sources.states() {
+            let file = format!("oci:{name}");
+            let Some(source) = self.sources.config(&name) else { continue };
+            match state.pulled {
+                Some(p) => out.push(Candidate {
+                    file,
+                    path: p.path.clone(),
+                    source: Some(format!("{}@{}", p.reference, p.manifest_digest)),
+                    evidence: Evidence::Oci { repository: p.repository, digest: p.manifest_digest, signatures: p.signatures },
+                    require_signature: source.require_signature,
+                }),
+                None => unavailable.push((file, format!("not pulled yet: {}", state.error.as_deref().unwrap_or("waiting for the first poll")))),
+            }
+        }
+        (out, unavailable)
+    }
+
     /// Loads one component file outside the registry (the CLI's `plugin call` and `plugin
     /// inspect`): the same checks as a reload, without serving it.
     pub fn load_file(&self, path: &Path) -> anyhow::Result<Arc<LoadedTool>> {
         let bytes = super::component::read(path).map_err(anyhow::Error::msg)?;
         let digest = super::component::digest(&bytes);
         let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-        self.load_component(&file, path, &digest, &bytes).map(|(tool, _)| Arc::new(tool))
+        let c = Candidate { file, path: path.to_owned(), evidence: Evidence::File { signature: None }, require_signature: false, source: None };
+        self.load_component(&c, &digest, &bytes).map(|(tool, _)| Arc::new(tool))
     }
 
     /// The names of what a component imports and exports, without linking or running it.
@@ -286,19 +426,16 @@ impl Runtime {
     }
 
     /// Compiles, links and checks one component.
-    fn load_component(
-        &self,
-        file: &str,
-        path: &Path,
-        digest: &str,
-        bytes: &[u8],
-    ) -> anyhow::Result<(LoadedTool, CacheOutcome)> {
+    fn load_component(&self, c: &Candidate, digest: &str, bytes: &[u8]) -> anyhow::Result<(LoadedTool, CacheOutcome)> {
         use anyhow::{Context as _, bail};
+        let (file, path) = (c.file.as_str(), c.path.as_path());
         if let Some(pin) = self.config.pinned.get(file)
             && !pin.eq_ignore_ascii_case(digest)
         {
             bail!("digest {digest} does not match the pinned digest {pin}; refusing to load it");
         }
+        // Before anything of it runs or is compiled.
+        let signers = self.trust.check(file, bytes, &c.evidence, c.require_signature)?;
         let (component, outcome) = self.compile(digest, bytes)?;
         let pre = self
             .linker
@@ -316,6 +453,9 @@ impl Runtime {
 
         if !is_valid_tool_name(&info.name) {
             bail!("describe returned an invalid tool name {:?}: names match ^[a-z][a-z0-9_.]{{1,127}}$", info.name);
+        }
+        if let Some(s) = &signers {
+            s.allow_tool(&info.name)?;
         }
         if info.version.trim().is_empty() || info.description.trim().is_empty() {
             bail!("describe for {} must give a version and a description", info.name);
@@ -345,6 +485,8 @@ impl Runtime {
                 allow_tenant_scoped: info.allow_tenant_scoped,
                 digest: digest.to_owned(),
                 path: path.to_owned(),
+                source: c.source.clone(),
+                signed_by: signers.as_ref().and_then(|s| s.key_id().map(str::to_owned)),
                 loaded_at: SystemTime::now(),
                 deadline,
                 memory_limit,
@@ -366,6 +508,9 @@ fn claim_names(files: &mut BTreeMap<String, FileEntry>, report: &mut ReloadRepor
     for (file, entry) in files.iter_mut() {
         let Some(tool) = entry.serving.clone() else { continue };
         if let Some(first) = owner.get(&tool.name) {
+            if entry.canary.is_some() {
+                entry.canary = None;
+            }
             let e = format!("tool name {:?} is already provided by {first}", tool.name);
             tracing::warn!(file = %file, error = %e, "Plugin refused.");
             report.failed.push((file.clone(), e.clone()));
