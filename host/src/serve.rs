@@ -452,6 +452,7 @@ fn spawn_sighup_reload(runtime: Arc<Runtime>, exports: Arc<crate::export::engine
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading plugins and sink components.");
+            runtime.poll_sources().await;
             let (rt, ex) = (runtime.clone(), exports.clone());
             let _ = tokio::task::spawn_blocking(move || crate::reload::reload(&rt, &ex)).await;
         }

@@ -152,6 +152,7 @@ impl GatewayOptions {
                 ToolOverride {
                     deadline: Some(HumanDuration(std::time::Duration::from_millis(700))),
                     memory_limit: Some(ByteSize(16 << 20)),
+                    ..Default::default()
                 },
             );
         });

@@ -22,6 +22,8 @@ mod monitoring;
 mod otlp;
 #[path = "../support/moto.rs"]
 mod moto;
+#[path = "../support/oci_registry.rs"]
+mod oci_registry;
 #[path = "../support/pg_server.rs"]
 mod pg_server;
 mod postgres;
@@ -30,6 +32,7 @@ mod s3;
 mod sinks;
 mod sql;
 mod status;
+mod supply;
 mod tenant;
 mod tools;
 mod traces;

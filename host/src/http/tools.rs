@@ -101,13 +101,16 @@ pub async fn plugins(State(state): State<AppState>, _: Admin) -> Result<impl Int
     Ok(axum::Json(wire::PluginList { generation: registry.generation, plugins: registry.statuses() }))
 }
 
-/// `POST /api/v2/admin/plugins/reload`: reload the plugins directory now. Unscoped bearers only.
+/// `POST /api/v2/admin/plugins/reload`: poll the registry sources and reload the plugins
+/// directory now. Unscoped bearers only.
 #[utoipa::path(post, path = "/api/v2/admin/plugins/reload", responses(
         (status = 200, description = "What the reload did", body = wire::ReloadResult),
         (status = 403, description = "`tenant_scoped_bearer_refused`, or `admin_permission_required` without the admin permission", body = wire::ErrorBody),
         wire::FrontDoorErrors,
 ))]
 pub async fn reload(State(state): State<AppState>, Admin(caller): Admin) -> Result<impl IntoResponse, ApiError> {
+    // Registry sources are asked for a new digest now rather than at their next poll.
+    state.runtime.poll_sources().await;
     let (rt, exports) = (state.runtime.clone(), state.exports.clone());
     let crate::reload::Reload { tools: report, sinks } = tokio::task::spawn_blocking(move || crate::reload::reload(&rt, &exports))
         .await

@@ -302,3 +302,21 @@ fn random_unit() -> f64 {
         (x >> 11) as f64 / (1u64 << 53) as f64
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_canary_draw_is_uniform() {
+        const N: usize = 1_000_000;
+        let mut buckets = [0usize; 10];
+        for _ in 0..N {
+            let u = super::random_unit();
+            assert!((0.0..1.0).contains(&u));
+            buckets[(u * 10.0) as usize] += 1;
+        }
+        // Each bucket expects 100 000 with s.d. 300: five s.d. either side.
+        for (i, b) in buckets.iter().enumerate() {
+            assert!((98_500..=101_500).contains(b), "bucket {i}: {b}");
+        }
+    }
+}
