@@ -77,6 +77,7 @@ impl Gateway {
         let auth = AuthStore::with_jwt(auth, config.auth.rotation_grace.0, audit.clone(), jwt)?;
         let runtime = Runtime::without_plugins(config.plugins.clone(), metrics.clone())?;
         runtime.set_audit(audit.clone());
+        runtime.set_database(db.clone());
         crate::runtime::block_on(runtime.poll_sources());
         runtime.reload();
         watchers.extend(auth.watch()?);

@@ -426,3 +426,39 @@ async fn a_canary_that_traps_is_rolled_back_within_the_failure_limit_and_a_healt
     let r = gw.request_with(Some(&format!("Bearer {}", crate::common::TENANT_TOKEN)), "POST", &format!("/api/v2/admin/rollouts/{TOOL}/promote"), None).await;
     assert_eq!(r.status, 403, "{}", r.text);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_version_must_answer_its_smoke_call_before_it_serves() {
+    let scratch = TempDir::new("smoke");
+    let v1 = scratch.path().join("versioned.wasm");
+    std::fs::write(&v1, versioned_component(TOOL, "1.0.0")).unwrap();
+    let gw = TestGateway::start(GatewayOptions {
+        plugins: vec![
+            (v1, "versioned.wasm".into()),
+            (crate::common::component("fleet-cluster-summary"), "fleet-cluster-summary.wasm".into()),
+        ],
+        configure: Box::new(|c| {
+            c.plugins.tools.insert(TOOL.into(), ToolOverride { smoke_args: Some(json!({})), ..Default::default() });
+            // A real query over the demo data, its answer checked against the tool's output schema.
+            c.plugins.tools.insert(
+                "fleet.cluster.summary".into(),
+                ToolOverride { smoke_args: Some(json!({"cluster_id": "cluster-a"})), ..Default::default() },
+            );
+        }),
+        ..Default::default()
+    });
+    assert_eq!(entry(&gw, "fleet-cluster-summary.wasm").await["status"], "loaded");
+    assert_eq!(version(&gw).await, Ok("1.0.0".into()));
+
+    // A version that traps is refused by its smoke call: no caller ever reaches it.
+    put_version(&gw, "trap-2.0.0");
+    let e = entry(&gw, "versioned.wasm").await;
+    assert_eq!((e["status"].as_str(), e["version"].as_str()), (Some("failed"), Some("1.0.0")), "{e}");
+    assert!(e["last_error"].as_str().unwrap().contains("the smoke call of test.versioned failed"), "{e}");
+    let calls = gw.request("GET", "/metrics", None).await.text;
+    assert!(!calls.contains("version=\"trap-2.0.0\""), "the refused version's series must not stay: {calls}");
+    assert_eq!(version(&gw).await, Ok("1.0.0".into()));
+    put_version(&gw, "2.0.0");
+    assert_eq!(version(&gw).await, Ok("2.0.0".into()));
+    assert_eq!(gw.audit_lines("plugin_refused").len(), 1);
+}

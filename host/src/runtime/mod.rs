@@ -4,6 +4,7 @@
 pub mod component;
 pub mod engine;
 pub mod netpolicy;
+pub mod refresh;
 pub mod registry;
 pub mod rollout;
 pub mod sinks;
@@ -55,6 +56,8 @@ pub struct Runtime {
     sources: sources::OciSources,
     /// Where refusals and rollout decisions are audited (the server's audit log).
     audit: std::sync::OnceLock<crate::audit::AuditLog>,
+    /// The database smoke calls run against (the server's).
+    db: std::sync::OnceLock<Database>,
 }
 
 /// Runs a future to completion from synchronous code (loading, the CLI, benchmarks): on the
@@ -130,6 +133,11 @@ impl Runtime {
         let _ = self.audit.set(audit);
     }
 
+    /// Lets smoke calls (`smoke_args`) run against `db` from now on.
+    pub fn set_database(&self, db: Database) {
+        let _ = self.db.set(db);
+    }
+
     fn audit_event(&self, ev: crate::audit::AuditEvent) {
         if let Some(a) = self.audit.get() {
             a.record(ev);
@@ -173,6 +181,7 @@ impl Runtime {
             trust,
             sources,
             audit: std::sync::OnceLock::new(),
+            db: std::sync::OnceLock::new(),
         });
         Ok(rt)
     }

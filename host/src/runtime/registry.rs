@@ -13,9 +13,9 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 use super::engine::CacheOutcome;
-use super::rollout::{Canary, RolloutStatus, settle};
+use super::rollout::{Canary, RolloutStatus};
 use super::tools::{ToolInfo, ToolPre, ToolState};
-use super::trust::{Evidence, Refused};
+use super::trust::Evidence;
 use super::Runtime;
 
 pub use super::component::{DESCRIBE_DEADLINE, MAX_COMPONENT_BYTES};
@@ -128,7 +128,7 @@ pub(super) struct FileEntry {
 }
 
 impl FileEntry {
-    fn failed(error: String) -> Self {
+    pub(super) fn failed(error: String) -> Self {
         Self { serving: None, attempted_digest: String::new(), attempted: String::new(), error: Some(error), refusal: None, canary: None }
     }
 }
@@ -236,173 +236,6 @@ pub fn is_valid_tool_name(name: &str) -> bool {
 }
 
 impl Runtime {
-    /// Re-reads the plugins directory and publishes a new snapshot. Unchanged files are kept as
-    /// they are; changed and new ones are compiled and checked; a file that fails keeps its
-    /// previous version serving. Reloads are serialised.
-    pub fn reload(&self) -> ReloadReport {
-        let _serial = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let started = Instant::now();
-        let current = self.registry.load_full();
-        let mut report = ReloadReport::default();
-        let mut files: BTreeMap<String, FileEntry> = BTreeMap::new();
-        let mut settled = BTreeMap::new();
-        let mut changed = settle(&current, &mut settled);
-
-        let (candidates, unavailable) = self.candidates();
-        for (file, error) in unavailable {
-            // A registry source never pulled (its registry unreachable so far).
-            if current.files.get(&file).is_none_or(|p| p.error.as_deref() != Some(error.as_str())) {
-                changed = true;
-                report.failed.push((file.clone(), error.clone()));
-            }
-            files.insert(file, FileEntry::failed(error));
-        }
-        for c in candidates {
-            let file = c.file.clone();
-            let previous = settled.remove(&file).or_else(|| current.files.get(&file).cloned());
-            let bytes = match super::component::read(&c.path) {
-                Ok(b) => b,
-                Err(e) => {
-                    // Unreadable right now (e.g. being replaced): keep whatever we had.
-                    if let Some(prev) = previous {
-                        files.insert(file, prev);
-                    } else {
-                        report.failed.push((file.clone(), e.clone()));
-                        files.insert(file, FileEntry::failed(e));
-                        changed = true;
-                    }
-                    continue;
-                }
-            };
-            let digest = super::component::digest(&bytes);
-            let attempted = format!("{digest}/{}/{}", c.evidence.fingerprint(), c.require_signature);
-            if let Some(prev) = previous.as_ref().filter(|p| p.attempted == attempted) {
-                files.insert(file, prev.clone());
-                continue;
-            }
-            changed = true;
-            let entry = self.try_load(&c, &bytes, digest, attempted, previous.as_ref(), &mut report);
-            files.insert(file, entry);
-        }
-        for file in current.files.keys() {
-            if !files.contains_key(file) {
-                tracing::info!(file = %file, "Plugin file removed; its tool is no longer served.");
-                report.removed.push(file.clone());
-                changed = true;
-            }
-        }
-
-        let tools = claim_names(&mut files, &mut report);
-        let canaries = files
-            .values()
-            .filter_map(|e| e.canary.clone())
-            .filter(|c| tools.get(&c.stable.name).is_some_and(|t| Arc::ptr_eq(t, &c.stable)))
-            .map(|c| (c.tool.name.clone(), c))
-            .collect();
-        let generation = current.generation + u64::from(changed);
-        report.generation = generation;
-        if changed {
-            // The series of versions no longer served go, so the metrics name only what is loaded.
-            let kept = |name: &str, version: &str| {
-                tools.get(name).is_some_and(|t| t.version == version)
-                    || files.values().any(|e| e.canary.as_ref().is_some_and(|c| c.tool.name == name && c.tool.version == version))
-            };
-            for old in current.tools.values().chain(current.canaries.values().map(|c| &c.tool)) {
-                if !kept(&old.name, &old.version) {
-                    self.metrics.forget_plugin_version(&old.name, &old.version);
-                }
-            }
-            self.registry.store(Arc::new(Registry { generation, tools, files, canaries }));
-            self.generation.send_replace(generation);
-            self.metrics_reloaded(&report);
-            tracing::info!(generation, loaded = report.loaded.len(), failed = report.failed.len(), removed = report.removed.len(), elapsed_ms = started.elapsed().as_millis() as u64, "Plugin registry updated.");
-        }
-        *self.last_reload.lock().unwrap_or_else(|p| p.into_inner()) = report.clone();
-        report
-    }
-
-    /// Loads a changed component; on failure the previous version (if any) keeps serving. With
-    /// a rollout policy, a new version of a serving tool starts as a canary.
-    fn try_load(
-        &self,
-        c: &Candidate,
-        bytes: &[u8],
-        digest: String,
-        attempted: String,
-        previous: Option<&FileEntry>,
-        report: &mut ReloadReport,
-    ) -> FileEntry {
-        let file = &c.file;
-        let stable = previous.and_then(|p| p.serving.clone());
-        match self.load_component(c, &digest, bytes) {
-            Ok((tool, outcome)) => {
-                if outcome == CacheOutcome::Hit {
-                    report.cache_hits += 1;
-                }
-                tracing::info!(file = %file, plugin = %tool.name, version = %tool.version, digest = %digest, source = tool.source.as_deref().unwrap_or("file"), signed_by = tool.signed_by.as_deref().unwrap_or("-"), cached = (outcome == CacheOutcome::Hit), "Plugin loaded.");
-                report.loaded.push(file.clone());
-                let tool = Arc::new(tool);
-                let policy = self.config.tools.get(&tool.name).and_then(|o| o.rollout.clone());
-                let (serving, canary) = match (stable, policy) {
-                    (Some(old), Some(policy)) if old.name == tool.name => {
-                        tracing::info!(file = %file, plugin = %tool.name, version = %tool.version, share = policy.canary_share, "New version starts as a canary.");
-                        self.audit_event(crate::audit::AuditEvent::new("plugin_canary_started").with("file", file.as_str()).with("tool", tool.name.as_str()).with("version", tool.version.as_str()).with("digest", digest.as_str()));
-                        (Some(old.clone()), Some(Arc::new(Canary::new(tool, old, policy))))
-                    }
-                    _ => (Some(tool), None),
-                };
-                FileEntry { serving, attempted_digest: digest, attempted, error: None, refusal: None, canary }
-            }
-            Err(e) => {
-                let refusal = e.downcast_ref::<Refused>().map(|r| r.reason.as_str());
-                let e = format!("{e:#}");
-                tracing::warn!(file = %file, digest = %digest, error = %e, "Plugin refused; the previous version (if any) keeps serving.");
-                self.metrics.plugin_refused(refusal.unwrap_or("invalid"));
-                self.audit_event(
-                    crate::audit::AuditEvent::new("plugin_refused")
-                        .with("file", file.as_str())
-                        .with("digest", digest.as_str())
-                        .with("reason", refusal.unwrap_or("invalid"))
-                        .with("error", e.as_str())
-                        .with("source", c.source.clone().unwrap_or_else(|| "file".into())),
-                );
-                report.failed.push((file.clone(), e.clone()));
-                FileEntry { serving: stable, attempted_digest: digest, attempted, error: Some(e), refusal, canary: None }
-            }
-        }
-    }
-
-    /// What to load: the plugins directory's components and the registry sources' pulled ones;
-    /// and the registry sources with nothing pulled yet, with why.
-    fn candidates(&self) -> (Vec<Candidate>, Vec<(String, String)>) {
-        let mut out: Vec<Candidate> = list_components(&self.config.dir)
-            .into_iter()
-            .map(|path| {
-                let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-                let mut sig = path.clone().into_os_string();
-                sig.push(".sig");
-                let signature = std::fs::read_to_string(sig).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
-                Candidate { file, path, evidence: Evidence::File { signature }, require_signature: self.config.require_signature, source: None }
-            })
-            .collect();
-        let mut unavailable = Vec::new();
-        for (name, state) in self.sources.states() {
-            let file = format!("oci:{name}");
-            let Some(source) = self.sources.config(&name) else { continue };
-            match state.pulled {
-                Some(p) => out.push(Candidate {
-                    file,
-                    path: p.path.clone(),
-                    source: Some(format!("{}@{}", p.reference, p.manifest_digest)),
-                    evidence: Evidence::Oci { repository: p.repository, digest: p.manifest_digest, signatures: p.signatures },
-                    require_signature: source.require_signature,
-                }),
-                None => unavailable.push((file, format!("not pulled yet: {}", state.error.as_deref().unwrap_or("waiting for the first poll")))),
-            }
-        }
-        (out, unavailable)
-    }
-
     /// Loads one component file outside the registry (the CLI's `plugin call` and `plugin
     /// inspect`): the same checks as a reload, without serving it.
     pub fn load_file(&self, path: &Path) -> anyhow::Result<Arc<LoadedTool>> {
@@ -426,7 +259,7 @@ impl Runtime {
     }
 
     /// Compiles, links and checks one component.
-    fn load_component(&self, c: &Candidate, digest: &str, bytes: &[u8]) -> anyhow::Result<(LoadedTool, CacheOutcome)> {
+    pub(super) fn load_component(&self, c: &Candidate, digest: &str, bytes: &[u8]) -> anyhow::Result<(LoadedTool, CacheOutcome)> {
         use anyhow::{Context as _, bail};
         let (file, path) = (c.file.as_str(), c.path.as_path());
         if let Some(pin) = self.config.pinned.get(file)
@@ -502,7 +335,7 @@ impl Runtime {
 
 /// The tools the registry serves, by name. Names must be unique: the first file (by name) that
 /// claims a tool name gets it; a later one is refused and reported.
-fn claim_names(files: &mut BTreeMap<String, FileEntry>, report: &mut ReloadReport) -> BTreeMap<String, Arc<LoadedTool>> {
+pub(super) fn claim_names(files: &mut BTreeMap<String, FileEntry>, report: &mut ReloadReport) -> BTreeMap<String, Arc<LoadedTool>> {
     let mut tools: BTreeMap<String, Arc<LoadedTool>> = BTreeMap::new();
     let mut owner: BTreeMap<String, String> = BTreeMap::new();
     for (file, entry) in files.iter_mut() {
@@ -526,7 +359,7 @@ fn claim_names(files: &mut BTreeMap<String, FileEntry>, report: &mut ReloadRepor
 
 /// `*.wasm` files directly inside `dir`, sorted by name. Hidden files are skipped (editors and
 /// atomic writers use them for temporaries).
-fn list_components(dir: &Path) -> Vec<PathBuf> {
+pub(super) fn list_components(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         tracing::warn!(dir = %dir.display(), "Plugins directory is not readable; no tools are loaded from it.");
         return Vec::new();

@@ -12,10 +12,7 @@ use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
-use std::collections::BTreeMap;
-
-use super::Runtime;
-use super::registry::{FileEntry, LoadedTool, Registry};
+use super::{LoadedTool, Runtime};
 use crate::config::Rollout;
 
 const RUNNING: u8 = 0;
@@ -185,31 +182,6 @@ impl Canary {
             reason: self.reason(),
         }
     }
-}
-
-/// Folds decided canaries into their files' entries: a promoted canary becomes the serving
-/// version; a rolled-back one is dropped and its file marked failed with the reason (its
-/// content is not tried again until it changes). Returns whether anything was settled.
-pub(super) fn settle(current: &Registry, settled: &mut BTreeMap<String, FileEntry>) -> bool {
-    let mut any = false;
-    for (file, entry) in &current.files {
-        let Some(canary) = &entry.canary else { continue };
-        let Some(decision) = canary.decision() else { continue };
-        let mut e = entry.clone();
-        e.canary = None;
-        match decision {
-            Decision::Promoted => e.serving = Some(canary.tool.clone()),
-            Decision::RolledBack => {
-                e.serving = Some(canary.stable.clone());
-                e.attempted_digest = canary.tool.digest.clone();
-                e.error = Some(format!("rolled back: {}", canary.reason().unwrap_or_default()));
-                e.refusal = Some("rolled_back");
-            }
-        }
-        settled.insert(file.clone(), e);
-        any = true;
-    }
-    any
 }
 
 impl Runtime {
