@@ -33,7 +33,9 @@ pub fn watch(runtime: &Arc<Runtime>, exports: &Arc<ExportEngine>) -> anyhow::Res
     use anyhow::Context as _;
     let plugins = runtime.plugins_dir().to_owned();
     std::fs::create_dir_all(&plugins).with_context(|| format!("creating the plugins directory {}", plugins.display()))?;
-    let sink_files: Vec<PathBuf> = exports.sinks().map(|s| s.entry.component.clone()).collect();
+    // Sink component files; a registry source (`oci:<name>`) is polled, not watched.
+    let sink_files: Vec<PathBuf> =
+        exports.sinks().map(|s| s.entry.component.clone()).filter(|c| !c.to_string_lossy().starts_with("oci:")).collect();
     let mut dirs = vec![plugins];
     for dir in sink_files.iter().map(|f| crate::watch::parent_dir(f)) {
         if !dirs.contains(&dir) {

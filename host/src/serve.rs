@@ -90,7 +90,7 @@ impl Gateway {
         }
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             exports.test_on_start(&handle);
-            spawn_supply(&handle, &runtime, config.plugins.tools.values().any(|t| t.rollout.is_some()));
+            spawn_supply(&handle, &runtime, &exports, config.plugins.tools.values().any(|t| t.rollout.is_some()));
         }
         let limiter = Arc::new(Limiter::new(LimitSettings {
             requests_per_second: config.rate_limit.requests_per_second,
@@ -415,18 +415,18 @@ async fn shutdown_signal() {
 
 /// Polls each registry source on its interval (reloading when one pulled something new), and
 /// settles canaries every second when a rollout policy is configured; until the runtime is gone.
-fn spawn_supply(handle: &tokio::runtime::Handle, runtime: &Arc<Runtime>, rollouts: bool) {
+fn spawn_supply(handle: &tokio::runtime::Handle, runtime: &Arc<Runtime>, exports: &Arc<crate::export::engine::ExportEngine>, rollouts: bool) {
     for (name, every) in runtime.sources().schedule() {
-        let rt = Arc::downgrade(runtime);
+        let (rt, ex) = (Arc::downgrade(runtime), Arc::downgrade(exports));
         handle.spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await; // The first poll happened while building.
             loop {
                 tick.tick().await;
-                let Some(runtime) = rt.upgrade() else { return };
+                let (Some(runtime), Some(exports)) = (rt.upgrade(), ex.upgrade()) else { return };
                 if runtime.poll_source(&name).await {
-                    let _ = tokio::task::spawn_blocking(move || runtime.reload()).await;
+                    let _ = tokio::task::spawn_blocking(move || crate::reload::reload(&runtime, &exports)).await;
                 }
             }
         });

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sluice::config::{HumanDuration, OciSource, Rollout, ToolOverride, TrustKey};
+use sluice::config::{HumanDuration, OciSource, Rollout, SourceKind, ToolOverride, TrustKey};
 use sluice::oci::{KeyPair, OciRef, Registry};
 
 use crate::common::{GatewayOptions, TempDir, TestGateway, versioned_component};
@@ -23,6 +23,7 @@ fn source(reference: String, require_signature: bool) -> OciSource {
         username: None,
         password: None,
         ca_file: None,
+        kind: SourceKind::Tool,
     }
 }
 
@@ -461,4 +462,66 @@ async fn a_new_version_must_answer_its_smoke_call_before_it_serves() {
     put_version(&gw, "2.0.0");
     assert_eq!(version(&gw).await, Ok("2.0.0".into()));
     assert_eq!(gw.audit_lines("plugin_refused").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sink_component_comes_from_the_registry_signed_and_an_unsigned_update_is_refused() {
+    let _cpu = crate::common::shared_cpu().await;
+    let scratch = TempDir::new("oci-sink");
+    let registry = OciRegistry::start(scratch.path()).await;
+    let trusted = KeyPair::generate().unwrap();
+    let pub_file = scratch.path().join("trusted.pub");
+    std::fs::write(&pub_file, trusted.public().to_pem()).unwrap();
+    let http = std::fs::read(crate::common::component("http")).unwrap();
+    registry.oras_push("sinks/http:1", &http, scratch.path()).await;
+    let signed = cosign(&registry, "sinks/http:1", &trusted).await;
+
+    let hook = crate::sinks::receiver().await;
+    let (reference, key, url) = (registry.reference("sinks/http:1"), format!("file:{}", pub_file.display()), hook.url.clone());
+    let gw = TestGateway::start(GatewayOptions {
+        configure: Box::new(move |c| {
+            let mut s = source(reference, true);
+            s.kind = SourceKind::Sink;
+            s.poll_interval = HumanDuration(Duration::from_secs(3600));
+            c.plugins.oci.insert("http-sink".into(), s);
+            c.plugins.trust.push(TrustKey { key, tools: vec!["*".into()], repositories: vec!["*".into()] });
+            let mut sink = crate::common::http_sink("hook", &url);
+            sink.component = "oci:http-sink".into();
+            c.sinks = vec![sink];
+            let mut export = crate::common::event_counts_export();
+            export.sinks.truncate(1);
+            c.exports = vec![export];
+        }),
+        ..Default::default()
+    });
+    // A sink source is not a tool.
+    let r = gw.request("GET", "/api/v2/admin/plugins", None).await;
+    assert!(!r.text.contains("oci:http-sink"), "{}", r.text);
+    let sinks = gw.request("GET", "/api/v2/sinks", None).await;
+    assert_eq!(sinks.body["sinks"][0]["digest"], crate::common::sha256_hex(&http), "{}", sinks.text);
+    let r = gw.request("POST", "/api/v2/exports/event-counts/run", None).await;
+    assert_eq!(r.body["condition"], "Synced", "{}", r.text);
+    assert_eq!(hook.seen.lock().unwrap().len(), 1);
+
+    // The same component under a new, unsigned manifest: refused at the reload, the signed one
+    // keeps delivering.
+    let r = OciRef::parse(&registry.reference("sinks/http:1")).unwrap();
+    let reg = Registry::new(&r, &Default::default()).unwrap();
+    let annotations = std::collections::BTreeMap::from([("org.opencontainers.image.description".to_owned(), "rebuilt".to_owned())]);
+    let unsigned = reg.push(&r, http.clone(), annotations).await.unwrap();
+    assert_ne!(unsigned, signed);
+    let reload = gw.request("POST", "/api/v2/admin/plugins/reload", None).await;
+    let line = &reload.body["sinks"][0];
+    assert_eq!(line["sink"], "hook", "{}", reload.text);
+    assert!(line["error"].as_str().is_some_and(|e| e.contains("unsigned") && e.contains(&unsigned)), "{}", reload.text);
+    assert_eq!(gw.audit_lines("plugin_refused").last().unwrap()["reason"], "unsigned");
+    // Refused once, not again at every reload while nothing changes.
+    let again = gw.request("POST", "/api/v2/admin/plugins/reload", None).await;
+    assert_eq!(again.body["sinks"], json!([]), "{}", again.text);
+    gw.request("POST", "/api/v2/exports/event-counts/run", None).await;
+    // Signed, it loads.
+    cosign(&registry, "sinks/http:1", &trusted).await;
+    let reload = gw.request("POST", "/api/v2/admin/plugins/reload", None).await;
+    let line = &reload.body["sinks"][0];
+    assert!(line["error"].is_null() && line["component"].as_str().is_some_and(|c| c.starts_with("http@")), "{}", reload.text);
 }

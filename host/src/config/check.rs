@@ -59,6 +59,11 @@ impl Config {
                 need(&format!("traces.headers.{name}"), Path::new(p), "file");
             }
         }
+        for (i, key) in self.plugins.trust.iter().enumerate() {
+            if let Some(p) = key.key.strip_prefix("file:") {
+                need(&format!("plugins.trust[{i}].key"), Path::new(p), "file");
+            }
+        }
         if let Some(p) = &self.server.tls_cert {
             need("server.tls_cert", p, "file");
         }
@@ -71,7 +76,9 @@ impl Config {
             need("audit.destination", &d, "directory");
         }
         for sink in &self.sinks {
-            need(&format!("sink {:?}: component", sink.name), &sink.component, "file");
+            if !sink.component.to_string_lossy().starts_with("oci:") {
+                need(&format!("sink {:?}: component", sink.name), &sink.component, "file");
+            }
             for (key, source) in &sink.secrets {
                 if let Some(p) = source.strip_prefix("file:") {
                     need(&format!("sink {:?}: secret {key:?}", sink.name), Path::new(p), "file");

@@ -17,7 +17,7 @@ mod supply;
 mod units;
 pub use units::{ByteSize, HumanDuration};
 pub use lake::{Backend, LakeConfig, S3Config};
-pub use supply::{OciSource, Rollout, TrustKey, matches_any};
+pub use supply::{OciSource, Rollout, SourceKind, TrustKey, matches_any};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -480,6 +480,15 @@ impl Config {
             }
         }
         self.plugins.validate_supply()?;
+        for sink in &self.sinks {
+            if let Some(name) = sink.component.to_str().and_then(|c| c.strip_prefix("oci:")) {
+                anyhow::ensure!(
+                    self.plugins.oci.get(name).is_some_and(|s| s.kind == SourceKind::Sink),
+                    "sink {:?}: component \"oci:{name}\" names no [plugins.oci.\"{name}\"] with kind = \"sink\"",
+                    sink.name
+                );
+            }
+        }
         for (file, digest) in &self.plugins.pinned {
             anyhow::ensure!(
                 digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()),

@@ -28,6 +28,19 @@ pub struct OciSource {
     pub password: Option<String>,
     /// PEM certificates to trust for the registry, besides the public roots.
     pub ca_file: Option<PathBuf>,
+    /// `tool` (served like a file of the plugins directory) or `sink` (named by a `[[sink]]` as
+    /// `component = "oci:<name>"`).
+    #[serde(default)]
+    pub kind: SourceKind,
+}
+
+/// What a registry source provides.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    #[default]
+    Tool,
+    Sink,
 }
 
 fn default_poll() -> HumanDuration {

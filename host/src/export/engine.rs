@@ -68,7 +68,7 @@ impl ExportEngine {
         let mut handles = BTreeMap::new();
         for entry in sinks {
             let loaded = runtime.load_sink(&entry.component).with_context(|| format!("loading sink {}", entry.name))?;
-            handles.insert(entry.name.clone(), Arc::new(SinkHandle::new(entry, loaded)));
+            handles.insert(entry.name.clone(), Arc::new(SinkHandle::new(entry, loaded, &runtime)));
         }
         for e in exports {
             if let Some(spill) = &e.spill_to {

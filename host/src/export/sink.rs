@@ -13,6 +13,14 @@ use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::runtime::sinks::{ExportRequest, LoadedSink, NetPolicy, SinkConfig};
 
+/// The component's digest and what proves who made it (a signature added since counts as a
+/// change): what a reload compares.
+fn fingerprint(runtime: &Runtime, component: &std::path::Path) -> Option<String> {
+    let (path, evidence, _) = runtime.sink_source(component).ok()?;
+    let bytes = std::fs::read(path).ok()?;
+    Some(format!("{}/{}", crate::runtime::component::digest(&bytes), evidence.fingerprint()))
+}
+
 /// A sink whose component file changed in a reload.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SinkReload {
@@ -35,6 +43,9 @@ pub struct SinkHandle {
     pub(super) breaker: Mutex<Breaker>,
     /// The last connection test: `ConnectionVerified` true/false, latency, detail, when.
     pub(super) connection: Mutex<Option<ConnectionTest>>,
+    /// The digest and signature evidence of the last content tried (loaded or refused), so a
+    /// refused content is not tried again until it, or its signature, changes.
+    attempted: Mutex<String>,
 }
 
 /// A connection test's outcome, as `GET /api/v2/sinks` shows it.
@@ -66,11 +77,13 @@ impl SinkHandle {
     /// Loads the component file again when its content changed; a component that fails to
     /// load leaves the working one in place. `Some(result)` when the file changed.
     pub(super) fn reload(&self, runtime: &Runtime) -> Option<anyhow::Result<Arc<LoadedSink>>> {
-        let bytes = std::fs::read(&self.entry.component).ok()?;
-        let digest = crate::runtime::component::digest(&bytes);
-        if digest == self.loaded.load().digest {
+        let attempted = fingerprint(runtime, &self.entry.component)?;
+        let mut last = self.attempted.lock().unwrap_or_else(|p| p.into_inner());
+        if *last == attempted {
             return None;
         }
+        *last = attempted;
+        drop(last);
         Some(runtime.load_sink(&self.entry.component).inspect(|new| self.loaded.store(new.clone())))
     }
 
@@ -89,7 +102,7 @@ impl SinkHandle {
     }
 
     /// A loaded sink with its policy from the configuration and a closed breaker.
-    pub(super) fn new(entry: &SinkConfigEntry, loaded: Arc<LoadedSink>) -> Self {
+    pub(super) fn new(entry: &SinkConfigEntry, loaded: Arc<LoadedSink>, runtime: &Runtime) -> Self {
         let urls: Vec<&str> = entry.settings.values().map(String::as_str).collect();
         Self {
             entry: entry.clone(),
@@ -97,6 +110,7 @@ impl SinkHandle {
             policy: Arc::new(NetPolicy::for_urls(urls, entry.allow_private)),
             breaker: Mutex::new(Breaker::open_for(entry.breaker_open_for.0)),
             connection: Mutex::new(None),
+            attempted: Mutex::new(fingerprint(runtime, &entry.component).unwrap_or_default()),
         }
     }
 

@@ -200,7 +200,7 @@ impl Runtime {
         let mut unavailable = Vec::new();
         for (name, state) in self.sources.states() {
             let file = format!("oci:{name}");
-            let Some(source) = self.sources.config(&name) else { continue };
+            let Some(source) = self.sources.config(&name).filter(|s| s.kind == crate::config::SourceKind::Tool) else { continue };
             match state.pulled {
                 Some(p) => out.push(Candidate {
                     file,

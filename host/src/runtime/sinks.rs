@@ -166,15 +166,50 @@ impl Runtime {
         Ok(self.sink_linker.get_or_init(|| l))
     }
 
+    /// Where a sink's component is, and what proves who made it: a file (with its `FILE.sig`),
+    /// or `oci:<name>`, a registry source of kind `sink` (what it last pulled).
+    pub fn sink_source(&self, component: &Path) -> anyhow::Result<(std::path::PathBuf, super::trust::Evidence, bool)> {
+        use super::trust::Evidence;
+        let Some(name) = component.to_str().and_then(|c| c.strip_prefix("oci:")) else {
+            let signature = std::fs::read_to_string(crate::publish::sig_path(component)).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+            return Ok((component.to_owned(), Evidence::File { signature }, self.config.require_signature));
+        };
+        let source = self
+            .sources
+            .config(name)
+            .filter(|s| s.kind == crate::config::SourceKind::Sink)
+            .ok_or_else(|| anyhow::anyhow!("no registry source {name:?} of kind \"sink\""))?;
+        let state = self.sources.states().remove(name).unwrap_or_default();
+        let pulled = state.pulled.ok_or_else(|| {
+            anyhow::anyhow!("{name:?} ({}) is not pulled yet: {}", source.reference, state.error.as_deref().unwrap_or("waiting for the first poll"))
+        })?;
+        let evidence = Evidence::Oci { repository: pulled.repository, digest: pulled.manifest_digest, signatures: pulled.signatures };
+        Ok((pulled.path, evidence, source.require_signature))
+    }
+
     fn sink_store(&self, state: SinkState, deadline: Instant) -> Store<SinkState> {
         super::component::store(self.engine.engine(), state, deadline, self.cancel.clone())
     }
 
     /// Loads a sink component: compiles it (through the artifact cache), links it and asks it
     /// what it is.
-    pub fn load_sink(&self, path: &Path) -> anyhow::Result<Arc<LoadedSink>> {
-        let bytes = super::component::read(path).map_err(anyhow::Error::msg)?;
+    pub fn load_sink(&self, component: &Path) -> anyhow::Result<Arc<LoadedSink>> {
+        let (path, evidence, required) = self.sink_source(component)?;
+        let bytes = super::component::read(&path).map_err(anyhow::Error::msg)?;
         let digest = super::component::digest(&bytes);
+        // Before anything of it is compiled or runs.
+        let name = component.display().to_string();
+        if let Err(refused) = self.trust.check(&name, &bytes, &evidence, required) {
+            self.metrics.plugin_refused(refused.reason.as_str());
+            self.audit_event(
+                crate::audit::AuditEvent::new("plugin_refused")
+                    .with("file", name.as_str())
+                    .with("digest", digest.as_str())
+                    .with("reason", refused.reason.as_str())
+                    .with("error", refused.message.as_str()),
+            );
+            return Err(refused.into());
+        }
         let (component, _) = self.compile(&digest, &bytes)?;
         let pre = self
             .sink_linker()?
