@@ -176,6 +176,25 @@ async fn tool_guide_runs_as_written() {
     assert_eq!(entry["name"], "acme.weakest_nodes");
     assert_eq!(entry["digest"].as_str(), Some(sha256_hex(&installed).as_str()));
     drop(server);
+
+    // Publish and sign, as written, in the quick start's crate, against a registry on loopback:
+    // pushed, signed and pulled back byte for byte, checked by the key (and by openssl).
+    let registry = crate::oci_registry::OciRegistry::start(dir.path()).await;
+    let publish = section_blocks(&guide, "## Publish and sign");
+    assert!(publish.iter().filter(|(i, _)| i == "sh").count() >= 5, "the publish section's steps are sh blocks");
+    let crate_dir = work.join("acme-weakest-nodes");
+    let stdout = run_guide(&publish, &crate_dir, vec![("SLUICE_REGISTRY", registry.host.clone())]).await;
+    assert!(stdout.contains("Verified OK"), "openssl did not verify the file signature:\n{stdout}");
+    assert_eq!(std::fs::read(crate_dir.join("pulled.wasm")).unwrap(), installed, "what was pulled is what was built");
+    let reference = format!("oci://{}/acme/weakest-nodes:0.1.0", registry.host);
+    let keygen = sluice(&crate_dir).args(["plugin", "keygen", "other.key"]).output().unwrap();
+    assert!(keygen.status.success(), "{}", text(&keygen).1);
+    let refused = sluice(&crate_dir).args(["plugin", "pull", "--key", "other.key.pub", "-o", "other.wasm", &reference]).output().unwrap();
+    let (_, stderr) = text(&refused);
+    assert!(!refused.status.success() && stderr.contains("verifies with key"), "{stderr}");
+    assert!(!crate_dir.join("other.wasm").exists(), "a component that fails the check is not written");
+    let again = sluice(&crate_dir).args(["plugin", "keygen", "release.key"]).output().unwrap();
+    assert!(!again.status.success() && text(&again).1.contains("not overwriting"), "{}", text(&again).1);
 }
 
 /// Runs a guide section's `sh` blocks (and its `rust` block, saved as `src/lib.rs`) in order in
