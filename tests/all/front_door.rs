@@ -346,6 +346,8 @@ async fn the_openapi_document_describes_every_route_and_every_error_code() {
         "/api/v2/sinks/{name}/test",
         "/api/v2/admin/plugins",
         "/api/v2/admin/plugins/reload",
+        "/api/v2/admin/rollouts/{name}/promote",
+        "/api/v2/admin/rollouts/{name}/rollback",
         "/metrics",
         "/.well-known/oauth-protected-resource",
     ]);

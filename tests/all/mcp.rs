@@ -32,6 +32,9 @@ fn object(v: Value) -> JsonObject {
 }
 
 async fn connect(url: &str, token: Option<&str>) -> Result<rmcp::service::RunningService<rmcp::RoleClient, ()>, String> {
+    // rmcp's HTTP client is reqwest 0.13, whose rustls (as the OCI client enables it) uses the
+    // process-wide provider.
+    sluice::tls::install_provider();
     let mut config = StreamableHttpClientTransportConfig::with_uri(url);
     if let Some(t) = token {
         config = config.auth_header(t);
@@ -117,6 +120,7 @@ async fn a_real_mcp_client_initializes_lists_and_calls_tools_with_the_bearer() {
 
     // The tool list follows hot reloads: an open session is told, and lists the new tool.
     let changed = Arc::new(tokio::sync::Notify::new());
+    sluice::tls::install_provider();
     let mut config = StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", server.api));
     config = config.auth_header(TOKEN);
     let client = ListWatcher(changed.clone()).serve(StreamableHttpClientTransport::from_config(config)).await.unwrap();
@@ -388,6 +392,7 @@ async fn a_raw_2026_07_28_exchange_discovers_and_calls_without_a_session() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_python_sdk_and_rmcp_work_with_every_revision_they_speak() {
+    sluice::tls::install_provider();
     let _cpu = crate::common::shared_cpu().await;
     use rmcp::model::{ClientCapabilities, ClientConfig, Implementation, ProtocolVersion};
     use rmcp::service::{ClientLifecycleMode, ClientServiceExt as _};

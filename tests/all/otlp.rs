@@ -20,6 +20,9 @@ use crate::common::{ADMIN_TOKEN, GatewayOptions, TENANT_TOKEN, TempDir, TestGate
 
 /// Sends a gauge, a counter and a histogram for (cluster, node) through the SDK's exporter.
 fn export(endpoint: &str, protocol: Protocol, gzip: bool, cluster: &str, node: &str) {
+    // The exporter's HTTP client is reqwest 0.13, whose rustls (as the OCI client enables it)
+    // uses the process-wide provider.
+    sluice::tls::install_provider();
     let mut builder = opentelemetry_otlp::MetricExporter::builder()
         .with_http()
         .with_protocol(protocol)

@@ -138,6 +138,19 @@ impl Runtime {
         let _ = self.db.set(db);
     }
 
+    /// A component refused when loading: counted, and audited as `plugin_refused`.
+    fn refused(&self, file: &str, digest: &str, reason: &'static str, error: &str, source: &str) {
+        self.metrics.plugin_refused(reason);
+        self.audit_event(
+            crate::audit::AuditEvent::new("plugin_refused")
+                .with("file", file)
+                .with("digest", digest)
+                .with("reason", reason)
+                .with("error", error)
+                .with("source", source),
+        );
+    }
+
     fn audit_event(&self, ev: crate::audit::AuditEvent) {
         if let Some(a) = self.audit.get() {
             a.record(ev);

@@ -146,15 +146,7 @@ impl Runtime {
                 let refusal = e.downcast_ref::<Refused>().map(|r| r.reason.as_str());
                 let e = format!("{e:#}");
                 tracing::warn!(file = %file, digest = %digest, error = %e, "Plugin refused; the previous version (if any) keeps serving.");
-                self.metrics.plugin_refused(refusal.unwrap_or("invalid"));
-                self.audit_event(
-                    crate::audit::AuditEvent::new("plugin_refused")
-                        .with("file", file.as_str())
-                        .with("digest", digest.as_str())
-                        .with("reason", refusal.unwrap_or("invalid"))
-                        .with("error", e.as_str())
-                        .with("source", c.source.clone().unwrap_or_else(|| "file".into())),
-                );
+                self.refused(file, &digest, refusal.unwrap_or("invalid"), &e, c.source.as_deref().unwrap_or("file"));
                 report.failed.push((file.clone(), e.clone()));
                 FileEntry { serving: stable, attempted_digest: digest, attempted, error: Some(e), refusal, canary: None }
             }

@@ -200,14 +200,7 @@ impl Runtime {
         // Before anything of it is compiled or runs.
         let name = component.display().to_string();
         if let Err(refused) = self.trust.check(&name, &bytes, &evidence, required) {
-            self.metrics.plugin_refused(refused.reason.as_str());
-            self.audit_event(
-                crate::audit::AuditEvent::new("plugin_refused")
-                    .with("file", name.as_str())
-                    .with("digest", digest.as_str())
-                    .with("reason", refused.reason.as_str())
-                    .with("error", refused.message.as_str()),
-            );
+            self.refused(&name, &digest, refused.reason.as_str(), &refused.message, "sink");
             return Err(refused.into());
         }
         let (component, _) = self.compile(&digest, &bytes)?;
