@@ -215,16 +215,7 @@ fn ensure_token(path: &Path) -> anyhow::Result<()> {
     let mut bytes = [0u8; 24];
     getrandom(&mut bytes)?;
     let token = hex::encode(bytes);
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(token.as_bytes())?;
-    Ok(())
+    crate::secret::write_new(path, token.as_bytes())
 }
 
 fn getrandom(buf: &mut [u8]) -> anyhow::Result<()> {

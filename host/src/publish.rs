@@ -90,7 +90,7 @@ async fn run_async(cmd: Publish) -> anyhow::Result<()> {
             let pair = KeyPair::generate()?;
             let public = pub_path(&key);
             anyhow::ensure!(!key.exists(), "{} exists; not overwriting a key", key.display());
-            write_private(&key, &pair.private_pem()?)?;
+            crate::secret::write_new(&key, pair.private_pem()?.as_bytes())?;
             std::fs::write(&public, pair.public().to_pem()).with_context(|| format!("writing {}", public.display()))?;
             println!("private key {} (keep it secret)", key.display());
             println!("public key  {} (id {})", public.display(), pair.public().id);
@@ -166,16 +166,4 @@ pub fn sig_path(file: &Path) -> PathBuf {
     let mut p = file.as_os_str().to_owned();
     p.push(".sig");
     PathBuf::from(p)
-}
-
-fn write_private(path: &Path, pem: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(pem.as_bytes()).with_context(|| format!("writing {}", path.display()))
 }

@@ -17,3 +17,18 @@ pub fn resolve(what: &str, source: &str) -> anyhow::Result<String> {
         anyhow::bail!("{what} must be \"env:NAME\" or \"file:/path\"")
     }
 }
+
+/// Writes a new secret file (a token, a private key) readable by its owner only; refuses to
+/// replace an existing one.
+pub fn write_new(path: &std::path::Path, secret: &[u8]) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(secret).with_context(|| format!("writing {}", path.display()))
+}

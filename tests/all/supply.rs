@@ -525,3 +525,31 @@ async fn a_sink_component_comes_from_the_registry_signed_and_an_unsigned_update_
     let line = &reload.body["sinks"][0];
     assert!(line["error"].is_null() && line["component"].as_str().is_some_and(|c| c.starts_with("http@")), "{}", reload.text);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_canary_without_failures_is_promoted_when_its_time_is_up_even_without_calls() {
+    let scratch = std::env::temp_dir().join(format!("sluice-rollout-time-{}.wasm", std::process::id()));
+    std::fs::write(&scratch, versioned_component(TOOL, "1.0.0")).unwrap();
+    let gw = TestGateway::start(GatewayOptions {
+        seed: false,
+        plugins: vec![(scratch.clone(), "versioned.wasm".into())],
+        configure: Box::new(|c| {
+            let rollout = Rollout { canary_share: 0.5, promote_after_calls: 1_000_000, promote_after: HumanDuration(Duration::from_secs(2)), max_failures: 3 };
+            c.plugins.tools.insert(TOOL.into(), ToolOverride { rollout: Some(rollout), ..Default::default() });
+        }),
+        ..Default::default()
+    });
+    let _ = std::fs::remove_file(scratch);
+    put_version(&gw, "2.0.0");
+    let started = Instant::now();
+    assert_eq!(entry(&gw, "versioned.wasm").await["rollout"]["state"], "canary");
+    // Nobody calls; the server's once-a-second check promotes it after 2 s.
+    let e = wait_entry(&gw, "versioned.wasm", Duration::from_secs(10), |e| e["rollout"].is_null()).await;
+    assert!(started.elapsed() >= Duration::from_secs(2), "promoted too early: {:?}", started.elapsed());
+    assert_eq!((e["status"].as_str(), e["version"].as_str()), (Some("loaded"), Some("2.0.0")), "{e}");
+    let promoted = gw.audit_lines("plugin_canary_promoted");
+    assert!(promoted[0]["reason"].as_str().unwrap().contains("0 failures in 0 calls"), "{promoted:?}");
+    for _ in 0..20 {
+        assert_eq!(version(&gw).await, Ok("2.0.0".into()));
+    }
+}

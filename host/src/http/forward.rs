@@ -38,12 +38,27 @@ pub async fn to_writer(State(state): State<AppState>, req: Request, next: Next) 
     answer
 }
 
+/// The writer's URL. A reader learns it at its next election tick, so right after an election
+/// (or a takeover) it may not know it yet: it waits up to two ticks rather than refuse at once.
+async fn writer_url_soon(lake: &crate::lake::Coordinator) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + 2 * crate::lake::TICK;
+    loop {
+        if let Some(url) = lake.writer_url() {
+            return Some(url);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
 async fn forward(state: &AppState, lake: &crate::lake::Coordinator, req: Request) -> (&'static str, Response) {
     if req.headers().contains_key(FORWARDED_BY) {
         let e = ApiError::WriterUnavailable("this gateway stopped being the lake's writer while the request was forwarded to it".into());
         return ("not_writer", e.into_response());
     }
-    let Some(url) = lake.writer_url() else {
+    let Some(url) = writer_url_soon(lake).await else {
         return ("no_writer", ApiError::WriterUnavailable("no writer is elected on the lake yet".into()).into_response());
     };
     let limit = if req.uri().path() == super::OTLP_ROUTE { state.ingest.max_body.0 } else { state.max_body };

@@ -183,9 +183,7 @@ impl Runtime {
             .into_iter()
             .map(|path| {
                 let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-                let mut sig = path.clone().into_os_string();
-                sig.push(".sig");
-                let signature = std::fs::read_to_string(sig).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+                let signature = super::trust::read_signature(&path);
                 Candidate { file, path, evidence: Evidence::File { signature }, require_signature: self.config.require_signature, source: None }
             })
             .collect();

@@ -171,7 +171,7 @@ impl Runtime {
     pub fn sink_source(&self, component: &Path) -> anyhow::Result<(std::path::PathBuf, super::trust::Evidence, bool)> {
         use super::trust::Evidence;
         let Some(name) = component.to_str().and_then(|c| c.strip_prefix("oci:")) else {
-            let signature = std::fs::read_to_string(crate::publish::sig_path(component)).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+            let signature = super::trust::read_signature(component);
             return Ok((component.to_owned(), Evidence::File { signature }, self.config.require_signature));
         };
         let source = self

@@ -182,6 +182,11 @@ impl Trust {
     }
 }
 
+/// The signature of a component file: `FILE.sig`, when present and not empty.
+pub fn read_signature(file: &std::path::Path) -> Option<String> {
+    std::fs::read_to_string(crate::publish::sig_path(file)).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
+}
+
 fn is_unsigned(evidence: &Evidence) -> bool {
     match evidence {
         Evidence::File { signature } => signature.is_none(),
