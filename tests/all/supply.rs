@@ -553,3 +553,38 @@ async fn a_canary_without_failures_is_promoted_when_its_time_is_up_even_without_
         assert_eq!(version(&gw).await, Ok("2.0.0".into()));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_that_sends_more_than_the_manifest_declares_is_cut_off() {
+    // A hostile registry: its manifest declares a 1 KiB layer, its blob never ends.
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.wasm.config.v0+json", "size": 2, "digest": format!("sha256:{}", "1".repeat(64))},
+        "layers": [{"mediaType": "application/wasm", "size": 1024, "digest": format!("sha256:{}", "2".repeat(64))}]
+    })
+    .to_string();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let manifest = manifest.clone();
+        async move {
+            let path = req.uri().path().to_owned();
+            if path.contains("/manifests/") {
+                ([("content-type", "application/vnd.oci.image.manifest.v1+json")], manifest).into_response()
+            } else if path.contains("/blobs/") {
+                let endless = futures_util::stream::repeat_with(|| Ok::<_, std::io::Error>(vec![0u8; 64 << 10]));
+                axum::body::Body::from_stream(endless).into_response()
+            } else {
+                axum::http::StatusCode::OK.into_response()
+            }
+        }
+    });
+    use axum::response::IntoResponse as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let r = OciRef::parse(&format!("oci://{addr}/hostile/tool:1")).unwrap();
+    let reg = Registry::new(&r, &Default::default()).unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(20), reg.pull(&r, None)).await.expect("the pull must end").unwrap_err();
+    assert!(format!("{err:#}").contains("more than the 1024 bytes the manifest declares"), "{err:#}");
+}

@@ -201,11 +201,14 @@ impl Registry {
             layer.size
         );
         anyhow::ensure!(is_sha256(&layer.digest), "the layer of {reference} has digest {}; only sha256 is accepted", layer.digest);
-        let mut out = Vec::with_capacity(usize::try_from(layer.size).unwrap_or(0));
+        let declared = usize::try_from(layer.size).unwrap_or(0);
+        // A registry that sends more than the manifest declared is cut off there.
+        let mut out = Capped { buf: Vec::with_capacity(declared), max: declared };
         self.client
             .pull_blob(&reference.0, layer, &mut out)
             .await
             .with_context(|| format!("fetching the layer {} of {reference}", layer.digest))?;
+        let out = out.buf;
         let got = sha256(&out);
         anyhow::ensure!(got == layer.digest, "the layer of {reference} has digest {got}, not {} as its manifest says", layer.digest);
         Ok(out)
@@ -267,6 +270,31 @@ impl Registry {
             .await
             .with_context(|| format!("pushing the signature to {tag}"))?;
         Ok(())
+    }
+}
+
+/// A buffer that refuses to grow past `max` bytes.
+struct Capped {
+    buf: Vec<u8>,
+    max: usize,
+}
+
+impl tokio::io::AsyncWrite for Capped {
+    fn poll_write(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>, data: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        if self.buf.len() + data.len() > self.max {
+            let e = std::io::Error::other(format!("the registry sent more than the {} bytes the manifest declares", self.max));
+            return std::task::Poll::Ready(Err(e));
+        }
+        self.buf.extend_from_slice(data);
+        std::task::Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
     }
 }
 
