@@ -384,6 +384,8 @@ async fn a_canary_that_traps_is_rolled_back_within_the_failure_limit_and_a_healt
     // A healthy version: served at its share until 250 canary calls, then promoted.
     put_version(&gw, "3.0.0");
     let canary = gw.gateway.runtime().registry().canary(TOOL).cloned().unwrap();
+    let page = gw.request("GET", "/status", None).await.text;
+    assert!(page.contains("<h2>Rollouts</h2>") && page.contains("<td>3.0.0</td><td>canary</td><td>0.25</td>"), "{page}");
     let (mut old, mut new) = (0u64, 0u64);
     while canary.decision().is_none() {
         match version(&gw).await.unwrap().as_str() {

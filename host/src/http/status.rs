@@ -188,6 +188,29 @@ fn render_tools(state: &AppState, h: &mut String) {
         );
     }
     h.push_str("</table>");
+    let canaries: Vec<_> = registry.canaries().map(|c| (c.stable.name.clone(), c.stable.version.clone(), c.status())).collect();
+    if !canaries.is_empty() {
+        h.push_str(
+            "<h2>Rollouts</h2><table><tr><th>tool</th><th>serving</th><th>canary</th><th>state</th><th>share</th>\
+             <th>canary calls</th><th>failed</th><th>serving calls</th></tr>",
+        );
+        for (name, serving, c) in canaries {
+            let class = if c.canary_failures > 0 { " class=\"failed\"" } else { "" };
+            let _ = write!(
+                h,
+                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td{class}>{}</td><td>{}</td></tr>",
+                esc(&name),
+                esc(&serving),
+                esc(&c.canary_version),
+                c.state,
+                c.share,
+                c.canary_calls,
+                c.canary_failures,
+                c.stable_calls
+            );
+        }
+        h.push_str("</table>");
+    }
     let failed: Vec<_> = registry.statuses().into_iter().filter(|s| s.last_error.is_some()).collect();
     if !failed.is_empty() {
         h.push_str("<h2>Plugin files refused</h2><table><tr><th>file</th><th>error</th></tr>");

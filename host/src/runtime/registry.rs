@@ -170,6 +170,11 @@ impl Registry {
         }
     }
 
+    /// Every canary running (or just decided).
+    pub fn canaries(&self) -> impl Iterator<Item = &Arc<Canary>> {
+        self.canaries.values()
+    }
+
     /// The canary of `name`, if one is running or was just decided.
     pub fn canary(&self, name: &str) -> Option<&Arc<Canary>> {
         self.canaries.get(name)
