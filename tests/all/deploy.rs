@@ -247,6 +247,55 @@ fn the_chart_runs_replicas_on_a_lake_each_advertising_its_own_address_and_refuse
 }
 
 #[test]
+fn the_chart_configures_registry_sources_and_the_trust_policy_from_secrets() {
+    let plugins = json!({
+        "requireSignature": true,
+        "trust": [{"secret": {"name": "release-key", "key": "release.pub"}, "tools": ["fleet.*"], "repositories": ["registry.example.com/sluice/*"]}],
+        "oci": {
+            "fleet.summary": {"reference": "oci://registry.example.com/sluice/fleet-summary:1", "pollInterval": "5m",
+                              "credentialsSecret": {"name": "registry-creds", "usernameKey": "user", "passwordKey": "token"}},
+            "git-sink": {"reference": "oci://registry.example.com/sluice/git@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", "kind": "sink", "requireSignature": false}
+        }
+    });
+    let mut plugins = plugins;
+    plugins["tools"] = json!({"fleet.cluster.summary": {"deadline": "10s", "rollout": {"canary_share": 0.1, "promote_after": "10m", "max_failures": 2}}});
+    let r = chart(json!({"plugins": plugins})).unwrap();
+    let toml = rendered_toml(&r);
+    let config: toml::Value = toml::from_str(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    let p = &config["plugins"];
+    assert_eq!(p["require_signature"].as_bool(), Some(true));
+    assert_eq!(p["trust"][0]["key"].as_str(), Some("file:/etc/sluice/trust/0/key.pem"));
+    assert_eq!(p["trust"][0]["tools"], toml::Value::Array(vec!["fleet.*".into()]));
+    let summary = &p["oci"]["fleet.summary"];
+    assert_eq!(summary["poll_interval"].as_str(), Some("5m"));
+    assert_eq!(summary["require_signature"].as_bool(), Some(true), "signatures are required by default");
+    assert_eq!(summary["username"].as_str(), Some("file:/etc/sluice/registry/registry-fleet-summary/username"));
+    let git = &p["oci"]["git-sink"];
+    assert_eq!((git["kind"].as_str(), git["require_signature"].as_bool()), (Some("sink"), Some(false)));
+    assert!(git.get("username").is_none());
+    let rollout = &p["tools"]["fleet.cluster.summary"]["rollout"];
+    assert_eq!((rollout["canary_share"].as_float(), rollout["max_failures"].as_integer()), (Some(0.1), Some(2)), "{toml}");
+    // The key and the credentials are mounted from their Secrets where the configuration says.
+    let pod = &one(&r, "StatefulSet")["spec"]["template"]["spec"];
+    let volumes = pod["volumes"].as_array().unwrap();
+    let key = volumes.iter().find(|v| v["name"] == "trust-0").unwrap();
+    assert_eq!(key["secret"], json!({"secretName": "release-key", "items": [{"key": "release.pub", "path": "key.pem"}]}));
+    let creds = volumes.iter().find(|v| v["name"] == "registry-fleet-summary").unwrap();
+    assert_eq!(creds["secret"]["items"], json!([{"key": "user", "path": "username"}, {"key": "token", "path": "password"}]));
+    let mounts = container(&r)["volumeMounts"].as_array().unwrap().clone();
+    for m in ["/etc/sluice/trust/0", "/etc/sluice/registry/registry-fleet-summary"] {
+        assert!(mounts.iter().any(|v| v["mountPath"] == m), "{m}: {mounts:?}");
+    }
+    // sluice accepts it, naming the key file it cannot see here.
+    let out = check_config(&toml, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("plugins.trust[0].key: file /etc/sluice/trust/0/key.pem"), "{}", text(&out.stderr));
+    // A trust entry without its Secret is refused by the chart.
+    let err = chart(json!({"plugins": {"trust": [{"tools": ["*"]}]}})).unwrap_err();
+    assert!(err.contains("plugins.trust[0] needs secret"), "{err}");
+}
+
+#[test]
 fn check_config_names_the_key_that_is_wrong() {
     for (toml, key) in [
         ("[rate_limit]\nrequests_per_secnd = 5\n", "requests_per_secnd"),

@@ -45,6 +45,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default (printf "%s-auth" (include "sluice.fullname" .)) .Values.auth.existingSecret }}
 {{- end }}
 
+{{/* A registry source's volume name: its name as a DNS label. */}}
+{{- define "sluice.registryVolume" -}}
+{{- printf "registry-%s" (. | lower | replace "." "-" | replace "_" "-") | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{/* Refuse combinations that cannot work. */}}
 {{- define "sluice.validate" -}}
 {{- if and .Values.plainHttp.enabled .Values.serviceMonitor.enabled }}
@@ -59,6 +64,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- if not (hasPrefix "s3://" .Values.database.ducklake.dataPath) }}
 {{- fail "database.backend ducklake needs database.ducklake.dataPath, an s3:// URL" }}
+{{- end }}
+{{- end }}
+{{- range $i, $k := .Values.plugins.trust }}
+{{- if not (and $k.secret $k.secret.name $k.secret.key) }}
+{{- fail (printf "plugins.trust[%d] needs secret: {name, key}, the Secret and key holding its PEM public key" $i) }}
 {{- end }}
 {{- end }}
 {{- if and .Values.auth.existingSecret .Values.auth.bearers }}
