@@ -3,6 +3,9 @@
 //! 1. Instantiate + call of a trivial tool (median, p99), against the same work done natively.
 //! 2. Throughput of `fleet.cluster.summary` as a component against the same SQL and the same
 //!    row-to-JSON shaping called natively from Rust (target: ratio >= 0.9).
+//! 3. What a running canary costs a call: the trivial tool called through `Registry::pick` with a
+//!    canary taking half the calls (the same component with an extra custom section, so another
+//!    digest) against the same calls on a runtime without a rollout policy (target: ratio >= 0.95).
 //!
 //! Run with `scripts/dev bench` (it builds the components first). Figures go to
 //! docs/benchmarks.md.
@@ -56,6 +59,7 @@ fn main() {
     if std::env::var_os("SLUICE_BENCH_QUICK").is_none() {
         summary_throughput(&rt, &summary, &db);
     }
+    rollout_overhead(&root, &scratch, &db);
     let _ = std::fs::remove_dir_all(&scratch);
 }
 
@@ -161,6 +165,58 @@ fn summary_throughput(rt: &Runtime, tool: &Arc<LoadedTool>, db: &Database) {
     println!("  component  {w:>8.1} calls/s");
     println!("  native     {n:>8.1} calls/s");
     println!("  ratio component/native (throughput): {:.3} (target >= 0.9)", w / n);
+}
+
+fn rollout_overhead(root: &Path, scratch: &Path, db: &Database) {
+    use sluice::config::{HumanDuration, Rollout, ToolOverride};
+    const ROUNDS: usize = 5;
+    const PER_ROUND: Duration = Duration::from_secs(2);
+    let trivial = std::fs::read(root.join("dist/fixtures/trivial.wasm")).unwrap();
+    let runtime = |name: &str, rollout: Option<Rollout>| {
+        let dir = scratch.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("trivial.wasm"), &trivial).unwrap();
+        let mut config = PluginsConfig { dir, cache_dir: scratch.join("cache"), watch: false, ..Default::default() };
+        config.tools.insert("test.trivial".into(), ToolOverride { rollout, ..Default::default() });
+        Runtime::new(config, Metrics::new()).unwrap()
+    };
+    let plain = runtime("plain", None);
+    let policy = Rollout { canary_share: 0.5, promote_after_calls: u64::MAX, promote_after: HumanDuration(Duration::from_secs(86_400)), max_failures: u64::MAX };
+    let canaried = runtime("canaried", Some(policy));
+    // A second version: the same component with a custom section appended (section id 0, size,
+    // name, payload), so another digest that behaves the same.
+    let mut v2 = trivial.clone();
+    let (name, payload) = (b"sluice-bench", b"canary");
+    v2.extend([0u8, (1 + name.len() + payload.len()) as u8, name.len() as u8]);
+    v2.extend(name);
+    v2.extend(payload);
+    std::fs::write(scratch.join("canaried/trivial.wasm"), &v2).unwrap();
+    canaried.reload();
+    assert!(canaried.registry().canary("test.trivial").is_some(), "no canary: {:?}", canaried.last_reload());
+
+    let through_pick = |rt: &Runtime| {
+        let tool = rt.registry().pick("test.trivial").unwrap().clone();
+        std::hint::black_box(call(rt, db, &tool, "{}"));
+    };
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        // Each side goes first in every other round.
+        if round % 2 == 0 {
+            with.push(rate(PER_ROUND, || through_pick(&canaried)));
+            without.push(rate(PER_ROUND, || through_pick(&plain)));
+        } else {
+            without.push(rate(PER_ROUND, || through_pick(&plain)));
+            with.push(rate(PER_ROUND, || through_pick(&canaried)));
+        }
+    }
+    with.sort_by(f64::total_cmp);
+    without.sort_by(f64::total_cmp);
+    let (w, n) = (with[ROUNDS / 2], without[ROUNDS / 2]);
+    let status = canaried.registry().canary("test.trivial").unwrap().status();
+    println!("rollout: test.trivial through Registry::pick, {ROUNDS} interleaved rounds of {PER_ROUND:?}, median round:");
+    println!("  canary running (share 0.5) {w:>9.0} calls/s (canary {} / serving {} calls)", status.canary_calls, status.stable_calls);
+    println!("  no rollout policy          {n:>9.0} calls/s");
+    println!("  ratio canary/none (throughput): {:.3} (target >= 0.95)", w / n);
 }
 
 fn rate(for_how_long: Duration, mut f: impl FnMut()) -> f64 {
