@@ -195,8 +195,9 @@ fn rollout_overhead(root: &Path, scratch: &Path, db: &Database) {
     assert!(canaried.registry().canary("test.trivial").is_some(), "no canary: {:?}", canaried.last_reload());
 
     let through_pick = |rt: &Runtime| {
-        let tool = rt.registry().pick("test.trivial").unwrap().clone();
+        let (tool, slot) = rt.registry().pick("test.trivial").unwrap();
         std::hint::black_box(call(rt, db, &tool, "{}"));
+        drop(slot);
     };
     let (mut with, mut without) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {

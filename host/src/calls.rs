@@ -14,6 +14,7 @@ use tracing::Instrument as _;
 use crate::audit::AuditLog;
 use crate::caller::Caller;
 use crate::db::Database;
+use crate::runtime::rollout::CanarySlot;
 use crate::runtime::{CallContext, CallError, LoadedTool, Runtime, ToolError, WitQueryError, is_valid_tool_name};
 
 /// The transport a call came by, as its audit line names it.
@@ -145,13 +146,13 @@ pub struct Calls<'a> {
 impl Calls<'_> {
     /// Finds a tool in the current registry snapshot (the call runs on that version whatever
     /// reloads happen meanwhile); with a canary running, the version this call goes to.
-    pub fn find(&self, name: &str) -> Result<Arc<LoadedTool>, CallFailure> {
+    pub fn find(&self, name: &str) -> Result<(Arc<LoadedTool>, Option<CanarySlot>), CallFailure> {
         if !is_valid_tool_name(name) {
             return Err(CallFailure::InvalidRequest(format!(
                 "invalid tool name {name:?}: names match ^[a-z][a-z0-9_.]{{1,127}}$"
             )));
         }
-        self.runtime.registry().pick(name).cloned().ok_or_else(|| CallFailure::NotFound(name.to_owned()))
+        self.runtime.registry().pick(name).ok_or_else(|| CallFailure::NotFound(name.to_owned()))
     }
 
     /// One call: find the tool, then take the arguments (`args` runs only for a tool that
@@ -170,14 +171,14 @@ impl Calls<'_> {
     /// [`Calls::call_tool`] for a tool loaded outside the registry (`sluice call FILE.wasm`).
     pub async fn call_loaded(&self, caller: &Caller, tool: Arc<LoadedTool>, args: Value, via: Via) -> Result<Answer, CallFailure> {
         let name = tool.name.clone();
-        self.call(caller, &name, || Ok(tool), || Ok(args), via).await
+        self.call(caller, &name, || Ok((tool, None)), || Ok(args), via).await
     }
 
     async fn call(
         &self,
         caller: &Caller,
         name: &str,
-        find: impl FnOnce() -> Result<Arc<LoadedTool>, CallFailure>,
+        find: impl FnOnce() -> Result<(Arc<LoadedTool>, Option<CanarySlot>), CallFailure>,
         args: impl FnOnce() -> Result<Value, CallFailure>,
         via: Via,
     ) -> Result<Answer, CallFailure> {
@@ -190,7 +191,8 @@ impl Calls<'_> {
             if !caller.identity.grants.may_call(name) {
                 return Err(CallFailure::NotPermitted(name.to_owned()));
             }
-            let tool = find()?;
+            // A canary's slot is held until this call ends, however it ends.
+            let (tool, _slot) = find()?;
             if !span.is_none() {
                 span.record("sluice.tool.version", tool.version.as_str()).record("sluice.tool.digest", tool.digest.as_str());
             }

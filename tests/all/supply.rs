@@ -590,3 +590,41 @@ async fn a_registry_that_sends_more_than_the_manifest_declares_is_cut_off() {
     let err = tokio::time::timeout(Duration::from_secs(20), reg.pull(&r, None)).await.expect("the pull must end").unwrap_err();
     assert!(format!("{err:#}").contains("more than the 1024 bytes the manifest declares"), "{err:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_concurrent_calls_a_trapping_canary_still_fails_no_more_than_max_failures_calls() {
+    let _cpu = crate::common::shared_cpu().await;
+    let gw = Arc::new(rollout_gateway(0.5, 1_000_000, 3));
+    put_version(&gw, "trap-2.0.0");
+    let canary = gw.gateway.runtime().registry().canary(TOOL).cloned().unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let (gw, canary) = (gw.clone(), canary.clone());
+        clients.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0, 0);
+            // Until the decision, and as many calls again after it.
+            let mut after = 0;
+            while after < 50 {
+                match version(&gw).await {
+                    Ok(v) => {
+                        assert_eq!(v, "1.0.0");
+                        ok += 1;
+                    }
+                    Err(_) => failed += 1,
+                }
+                if canary.decision().is_some() {
+                    after += 1;
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    let (mut ok, mut failed) = (0, 0);
+    for c in clients {
+        let (o, f) = c.await.unwrap();
+        ok += o;
+        failed += f;
+    }
+    assert_eq!(canary.status().state, "rolled_back");
+    assert_eq!(failed, 3, "8 clients at once: the canary may fail max_failures calls, no more ({ok} calls answered)");
+}

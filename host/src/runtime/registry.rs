@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 use super::engine::CacheOutcome;
-use super::rollout::{Canary, RolloutStatus};
+use super::rollout::{Canary, CanarySlot, RolloutStatus};
 use super::tools::{ToolInfo, ToolPre, ToolState};
 use super::trust::Evidence;
 use super::Runtime;
@@ -163,10 +163,11 @@ impl Registry {
 
     /// The version a call of `name` goes to: with a canary running, the canary for its share
     /// of calls and the serving version for the rest.
-    pub fn pick(&self, name: &str) -> Option<&Arc<LoadedTool>> {
+    /// Keep the slot until the call ends.
+    pub fn pick(&self, name: &str) -> Option<(Arc<LoadedTool>, Option<CanarySlot>)> {
         match self.canaries.get(name) {
             Some(c) => Some(c.pick()),
-            None => self.tools.get(name),
+            None => self.tools.get(name).map(|t| (t.clone(), None)),
         }
     }
 

@@ -31,9 +31,20 @@ pub struct Canary {
     calls: AtomicU64,
     failures: AtomicU64,
     stable_calls: AtomicU64,
+    /// Canary calls running now (slots held).
+    inflight: AtomicU64,
     state: AtomicU8,
     /// Why it was rolled back or promoted (set once, with the state).
     reason: std::sync::Mutex<Option<String>>,
+}
+
+/// A call's place on a running canary, given back when the call ends (whatever way it ends).
+pub struct CanarySlot(Arc<Canary>);
+
+impl Drop for CanarySlot {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// What a call's outcome decided.
@@ -76,19 +87,35 @@ impl Canary {
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             stable_calls: AtomicU64::new(0),
+            inflight: AtomicU64::new(0),
             state: AtomicU8::new(RUNNING),
             reason: std::sync::Mutex::new(None),
         }
     }
 
     /// The version a call goes to: the canary for its share of calls while it runs, the new
-    /// version once promoted, the old one once rolled back.
-    pub fn pick(&self) -> &Arc<LoadedTool> {
+    /// version once promoted, the old one once rolled back. A call given to a running canary
+    /// holds a slot until it ends (the returned guard): the canary never has more calls in
+    /// flight than failures it may still have, so however many calls run at once, no more than
+    /// `max_failures` of them fail on it. (Under heavy concurrency with a small `max_failures`
+    /// this lowers its share.)
+    pub fn pick(self: &Arc<Self>) -> (Arc<LoadedTool>, Option<CanarySlot>) {
         match self.state.load(Ordering::Acquire) {
-            RUNNING if random_unit() < self.policy.canary_share => &self.tool,
-            PROMOTED => &self.tool,
-            _ => &self.stable,
+            RUNNING if random_unit() < self.policy.canary_share => match self.reserve() {
+                Some(slot) => (self.tool.clone(), Some(slot)),
+                None => (self.stable.clone(), None),
+            },
+            PROMOTED => (self.tool.clone(), None),
+            _ => (self.stable.clone(), None),
         }
+    }
+
+    fn reserve(self: &Arc<Self>) -> Option<CanarySlot> {
+        let failures = self.failures.load(Ordering::Acquire);
+        self.inflight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (failures + n < self.policy.max_failures).then_some(n + 1))
+            .ok()
+            .map(|_| CanarySlot(self.clone()))
     }
 
     /// Counts a call of `tool` (either version) that ended with `failed`; returns the decision
